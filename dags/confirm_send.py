@@ -1,0 +1,135 @@
+"""confirm_send: one run per confirmed delivery — role check, validation, chunked send, KPIs."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+from campaign import confirm, operators
+from campaign.airflow_glue import campaign_engine, campaign_smtp, max_map_length
+from campaign.sending import send_chunk as send_chunk_of_delivery
+from dag_defaults import DEFAULT_ARGS
+
+log = logging.getLogger("campaign.confirm_send")
+
+
+def _run_params() -> tuple[dict, str]:
+    context = get_current_context()
+    return context["params"], context["dag_run"].run_id
+
+
+@dag(
+    dag_id="confirm_send",
+    schedule=None,
+    catchup=False,
+    default_args=DEFAULT_ARGS,
+    tags=["campaign", "send"],
+    doc_md=__doc__,
+    params={
+        "delivery_id": Param(
+            type="integer",
+            minimum=1,
+            title="Delivery",
+            description="Id of the prepared and approved delivery to send (status ready).",
+        ),
+        "confirm": Param(
+            False,
+            type="boolean",
+            title="OK, send definitively",
+            description="Tick to confirm: the delivery is sent to its whole target and cannot be recalled.",
+        ),
+        "chunk_size": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Chunk size",
+            description="Recipients per send_chunk task (default 1000); grows if the map would be too long.",
+        ),
+    },
+)
+def confirm_send():
+    @task
+    def check_role() -> str:
+        started = time.monotonic()
+        context = get_current_context()
+        operator = operators.require_start_deliveries(campaign_engine(), context["dag_run"].triggering_user_name)
+        log.info("check_role: %s holds Start deliveries (%.2fs)", operator, time.monotonic() - started)
+        return operator
+
+    @task
+    def validate() -> None:
+        started = time.monotonic()
+        params, _ = _run_params()
+        delivery = confirm.validate_delivery(campaign_engine(), params["delivery_id"], params["confirm"])
+        log.info(
+            "validate: delivery %s %r is ready, %s recipients, templates render (%.2fs)",
+            delivery.id,
+            delivery.label,
+            delivery.target_count,
+            time.monotonic() - started,
+        )
+
+    @task
+    def start_send(operator: str) -> None:
+        params, run_id = _run_params()
+        confirm.start_send(campaign_engine(), params["delivery_id"], operator, run_id)
+        log.info("start_send: delivery %s is sending, confirmed by %s, run %s", params["delivery_id"], operator, run_id)
+
+    @task
+    def plan_chunks() -> list[dict[str, int]]:
+        params, _ = _run_params()
+        count = confirm.target_count(campaign_engine(), params["delivery_id"])
+        chunks = confirm.plan_chunks(count, params.get("chunk_size"), max_map_length())
+        log.info(
+            "plan_chunks: %s recipients in %s chunks of up to %s",
+            count,
+            len(chunks),
+            chunks[0].last_seq - chunks[0].first_seq + 1 if chunks else 0,
+        )
+        return [chunk.as_xcom() for chunk in chunks]
+
+    @task(
+        pool="campaign_smtp",
+        map_index_template="seq {{ task.op_kwargs['chunk']['first_seq'] }}-{{ task.op_kwargs['chunk']['last_seq'] }}",
+    )
+    def send_chunk(chunk: dict[str, int]) -> dict:
+        params, run_id = _run_params()
+        result = send_chunk_of_delivery(
+            campaign_engine(), params["delivery_id"], run_id, chunk["first_seq"], chunk["last_seq"], campaign_smtp
+        )
+        summary = result.summary()
+        log.info(
+            "send_chunk: seq %s-%s sent=%s bounced=%s failed=%s ignored=%s in %.2fs",
+            summary["first_seq"],
+            summary["last_seq"],
+            summary["sent"],
+            summary["bounced"],
+            summary["failed"],
+            summary["ignored"],
+            summary["seconds"],
+        )
+        return summary
+
+    @task(trigger_rule="all_done")
+    def aggregate_kpis() -> dict:
+        params, run_id = _run_params()
+        engine = campaign_engine()
+        if not confirm.owned_by_run(engine, params["delivery_id"], run_id):
+            raise AirflowSkipException("Nothing to aggregate: this run did not start the send.")
+        kpis = confirm.compute_kpis(engine, params["delivery_id"])
+        status = confirm.finish_send(engine, params["delivery_id"], run_id, kpis)
+        log.info("aggregate_kpis: delivery %s is %s\n%s", params["delivery_id"], status, confirm.format_kpi_table(kpis))
+        if status != "sent":
+            confirm.raise_unserved(params["delivery_id"], kpis)
+        return kpis
+
+    operator = check_role()
+    planned = plan_chunks()
+    operator >> validate() >> start_send(operator) >> planned
+    send_chunk.expand(chunk=planned) >> aggregate_kpis()
+
+
+confirm_send()

@@ -1,0 +1,70 @@
+"""The only module of the package that imports Airflow: Connections and settings to plain objects."""
+
+from __future__ import annotations
+
+import functools
+import smtplib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from airflow.providers.smtp.hooks.smtp import SmtpHook
+from airflow.sdk import BaseHook
+from sqlalchemy import Engine
+
+from campaign.db import make_engine, url_from_connection_fields
+from campaign.errors import ConfigurationError, SmtpUnavailable
+
+CAMPAIGN_DB_CONN_ID = "campaign_db"
+CAMPAIGN_SMTP_CONN_ID = "campaign_smtp"
+
+
+@functools.cache
+def campaign_engine() -> Engine:
+    """The campaign database of Connection ``campaign_db`` (one engine per task process)."""
+    try:
+        conn = BaseHook.get_connection(CAMPAIGN_DB_CONN_ID)
+    except Exception as exc:  # the SDK raises its own not-found type, which differs by version
+        raise ConfigurationError(
+            f"Airflow Connection {CAMPAIGN_DB_CONN_ID!r} is not defined: {exc}. "
+            "Define it (sqlite: file path in host; postgres: host, port, schema, login, password)."
+        ) from None
+    return make_engine(
+        url_from_connection_fields(conn.conn_type, conn.host, conn.schema, conn.login, conn.password, conn.port)
+    )
+
+
+class _CampaignSmtpHook(SmtpHook):
+    def open_client(self) -> smtplib.SMTP:
+        self.get_conn()
+        return self._smtp_client
+
+
+@contextmanager
+def campaign_smtp() -> Iterator[smtplib.SMTP]:
+    """One authenticated SMTP connection through Connection ``campaign_smtp``, closed politely."""
+    hook = _CampaignSmtpHook(smtp_conn_id=CAMPAIGN_SMTP_CONN_ID)
+    try:
+        client = hook.open_client()
+    except (OSError, smtplib.SMTPException) as exc:
+        raise SmtpUnavailable(
+            f"Cannot connect to the SMTP server of Connection {CAMPAIGN_SMTP_CONN_ID!r}: {exc}"
+        ) from exc
+    except Exception as exc:  # AirflowException: "Unable to connect", "connection is not found"
+        if "not found" in str(exc):
+            raise ConfigurationError(f"Airflow Connection {CAMPAIGN_SMTP_CONN_ID!r} is not defined.") from None
+        raise SmtpUnavailable(
+            f"Cannot connect to the SMTP server of Connection {CAMPAIGN_SMTP_CONN_ID!r}: {exc}"
+        ) from exc
+    try:
+        yield client
+    finally:
+        try:
+            client.quit()
+        except (OSError, smtplib.SMTPException):
+            client.close()
+
+
+def max_map_length() -> int:
+    from airflow.configuration import conf
+
+    return conf.getint("core", "max_map_length", fallback=1024)

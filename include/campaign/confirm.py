@@ -1,0 +1,178 @@
+"""The steps of ``confirm_send`` after the role check: validate, claim, plan, aggregate."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from campaign.clock import utcnow
+from campaign.db import sql
+from campaign.deliveries import Delivery, get_delivery, load_delivery
+from campaign.errors import DeliveryNotFound, DeliveryStateError, IncompleteSend, InvalidInput, SendConflict
+from campaign.rendering import compile_templates, recipient_context, render
+from campaign.schema import delivery_targets, profiles
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_SIZE = 1000
+
+
+def validate_delivery(engine: Engine, delivery_id: Any, confirm: Any) -> Delivery:
+    """Refuse anything that must not be sent, with a message an operator can act on."""
+    if confirm is not True:
+        raise InvalidInput(
+            "The send was not confirmed: tick 'OK, send definitively' (confirm = true) in the trigger form."
+        )
+    if not isinstance(delivery_id, int) or isinstance(delivery_id, bool) or delivery_id < 1:
+        raise InvalidInput(f"delivery_id must be a positive integer, got {delivery_id!r}.")
+    delivery = load_delivery(engine, delivery_id)
+    if delivery.status != "ready":
+        hint = {
+            "draft": "it must be prepared and approved first",
+            "sending": f"it is being sent by run {delivery.run_id!r}",
+            "sent": f"it was already sent by run {delivery.run_id!r} (confirmed by {delivery.confirmed_by})",
+            "failed": f"its send by run {delivery.run_id!r} failed; clear the failed tasks of that run to resume",
+        }.get(delivery.status, "")
+        raise DeliveryStateError(
+            f"Delivery {delivery_id} ({delivery.label!r}) cannot be sent: its status is {delivery.status}, "
+            f"not ready; {hint}."
+        )
+    with engine.begin() as conn:
+        sample = (
+            conn.execute(
+                select(
+                    delivery_targets.c.seq,
+                    delivery_targets.c.profile_id,
+                    delivery_targets.c.email,
+                    profiles.c.first_name,
+                    profiles.c.last_name,
+                    profiles.c.locale,
+                    profiles.c.mobile,
+                )
+                .join(profiles, profiles.c.id == delivery_targets.c.profile_id)
+                .where(delivery_targets.c.delivery_id == delivery_id)
+                .order_by(delivery_targets.c.seq)
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
+    if sample is None:
+        raise DeliveryStateError(
+            f"Delivery {delivery_id} ({delivery.label!r}) has an empty target: no eligible recipient. "
+            "Import profiles and prepare it again."
+        )
+    content = delivery.content
+    render(compile_templates(content), recipient_context(dict(sample), content), delivery_id)
+    return delivery
+
+
+def start_send(engine: Engine, delivery_id: int, operator: str, run_id: str) -> None:
+    """Atomically move the delivery from ready to sending for this run, or name the run that owns it."""
+    with engine.begin() as conn:
+        claimed = conn.execute(
+            sql("claim_delivery_for_send"),
+            {"delivery_id": delivery_id, "operator": operator, "now": utcnow(), "run_id": run_id},
+        ).rowcount
+        if claimed == 1:
+            return
+        delivery = get_delivery(conn, delivery_id)
+    if delivery.run_id == run_id and delivery.status in ("sending", "failed"):
+        return  # this task re-runs inside the run that already owns the send
+    raise SendConflict(
+        f"Delivery {delivery_id} was claimed by another run: {delivery.run_id!r} "
+        f"(status {delivery.status}, confirmed by {delivery.confirmed_by}). This run sends nothing."
+    )
+
+
+@dataclass(frozen=True)
+class Chunk:
+    index: int
+    first_seq: int
+    last_seq: int
+
+    def as_xcom(self) -> dict[str, int]:
+        return {"index": self.index, "first_seq": self.first_seq, "last_seq": self.last_seq}
+
+
+def plan_chunks(target_count: int, chunk_size: int | None, max_map_length: int) -> list[Chunk]:
+    """Contiguous seq ranges; the chunk size grows so the map never exceeds ``max_map_length``."""
+    size = chunk_size or DEFAULT_CHUNK_SIZE
+    if size < 1:
+        raise InvalidInput(f"chunk_size must be at least 1, got {chunk_size}.")
+    size = max(size, math.ceil(target_count / max_map_length))
+    return [
+        Chunk(index, first, min(first + size - 1, target_count))
+        for index, first in enumerate(range(1, target_count + 1, size))
+    ]
+
+
+def target_count(engine: Engine, delivery_id: int) -> int:
+    with engine.begin() as conn:
+        return conn.execute(sql("count_delivery_targets"), {"delivery_id": delivery_id}).scalar_one()
+
+
+def compute_kpis(engine: Engine, delivery_id: int) -> dict[str, Any]:
+    """Recompute the delivery's KPIs from its logs and store them."""
+    with engine.begin() as conn:
+        kpis = dict(conn.execute(sql("compute_delivery_kpis"), {"delivery_id": delivery_id}).mappings().one())
+        conn.execute(sql("upsert_delivery_kpis"), {**kpis, "delivery_id": delivery_id, "computed_at": utcnow()})
+    return kpis
+
+
+def finish_send(engine: Engine, delivery_id: int, run_id: str, kpis: dict[str, Any]) -> str:
+    """Mark the delivery sent when every target has a sending-log row, failed otherwise."""
+    served = kpis["processed"] + kpis["ignored"]
+    status = "sent" if served == kpis["to_deliver"] else "failed"
+    with engine.begin() as conn:
+        conn.execute(
+            sql("finish_delivery"),
+            {"delivery_id": delivery_id, "run_id": run_id, "status": status, "now": utcnow()},
+        )
+    return status
+
+
+def owned_by_run(engine: Engine, delivery_id: int, run_id: str) -> bool:
+    try:
+        return load_delivery(engine, delivery_id).run_id == run_id
+    except DeliveryNotFound:
+        return False
+
+
+def raise_unserved(delivery_id: int, kpis: dict[str, Any]) -> None:
+    unserved = kpis["to_deliver"] - kpis["processed"] - kpis["ignored"]
+    raise IncompleteSend(
+        f"Delivery {delivery_id} is marked failed: {unserved} of {kpis['to_deliver']} recipients have no "
+        "sending-log row because a send_chunk task failed for good. Clear the failed send_chunk tasks of "
+        "this run to resume; recipients already recorded are not sent again."
+    )
+
+
+def format_kpi_table(kpis: dict[str, Any]) -> str:
+    """A fixed-width table of the KPIs for the task log."""
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2%}"
+
+    rows = [
+        ("to deliver", kpis["to_deliver"]),
+        ("processed", kpis["processed"]),
+        ("delivered", kpis["delivered"]),
+        ("bounces + errors", kpis["bounces_errors"]),
+        ("  hard bounces", kpis["hard_bounces"]),
+        ("  soft bounces", kpis["soft_bounces"]),
+        ("  errors", kpis["errors"]),
+        ("ignored", kpis["ignored"]),
+        ("delivered rate", pct(kpis["delivered_rate"])),
+        ("bounce + error rate", pct(kpis["bounce_error_rate"])),
+        ("open rate", pct(kpis["open_rate"])),
+        ("click-through rate", pct(kpis["click_through_rate"])),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{'KPI'.ljust(width)} | value", f"{'-' * width}-+-{'-' * 10}"]
+    lines += [f"{name.ljust(width)} | {value}" for name, value in rows]
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""Campaign database access: engines for SQLite and PostgreSQL, and the SQL files by name."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, TextClause, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+
+from campaign.errors import ConfigurationError
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+# Parallel chunk tasks write to the same SQLite file: WAL lets readers go on while one writes,
+# and the busy timeout makes a writer wait for the lock instead of failing at once.
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+@functools.cache
+def sql(name: str) -> TextClause:
+    """The statement of ``include/sql/<name>.sql``, ready to execute with named parameters."""
+    path = SQL_DIR / f"{name}.sql"
+    try:
+        return text(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigurationError(f"SQL file {path} does not exist.") from None
+
+
+def url_from_connection_fields(
+    conn_type: str,
+    host: str | None,
+    schema: str | None = None,
+    login: str | None = None,
+    password: str | None = None,
+    port: int | None = None,
+) -> URL:
+    """Map the fields of an Airflow Connection to a SQLAlchemy URL.
+
+    ``sqlite`` connections keep the database file path in ``host`` (Airflow's convention);
+    ``postgres`` connections use host, port, schema (the database), login and password.
+    """
+    kind = (conn_type or "").lower()
+    if kind == "sqlite":
+        if not host:
+            raise ConfigurationError("The sqlite Connection campaign_db has no file path in its host field.")
+        return make_url(f"sqlite:///{host}")
+    if kind in ("postgres", "postgresql"):
+        return URL.create(
+            "postgresql+psycopg",
+            username=login or None,
+            password=password or None,
+            host=host or None,
+            port=port or None,
+            database=schema or None,
+        )
+    raise ConfigurationError(
+        f"Connection campaign_db has type {conn_type!r}; campaign-send supports 'sqlite' and 'postgres'."
+    )
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite would otherwise defer it).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _begin_immediate(connection: Connection) -> None:
+    # A deferred transaction that reads and then writes fails with "database is locked" when
+    # another process committed in between; taking the write lock up front makes it wait instead.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str | URL) -> Engine:
+    """An engine for the campaign database, configured for concurrent writers on SQLite."""
+    url = make_url(url)
+    if url.get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _set_sqlite_pragmas)
+        event.listen(engine, "begin", _begin_immediate)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """One short transaction: committed on success, rolled back on any error."""
+    with engine.begin() as connection:
+        yield connection

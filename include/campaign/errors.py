@@ -1,0 +1,54 @@
+"""Errors the operator or the data team can act on.
+
+Every error carries a message meant to be read as it is: it names the problem and what to do.
+``PermanentError`` means retrying cannot change the outcome (fail at once);
+``TransientError`` means the same call may succeed later (retry).
+"""
+
+
+class CampaignError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class PermanentError(CampaignError):
+    """Retrying will not help: bad input, refused permission, wrong state."""
+
+
+class TransientError(CampaignError):
+    """A dependency is unavailable for now; the same work may succeed on retry."""
+
+
+class RoleDenied(PermanentError):
+    """The triggering user may not confirm sends."""
+
+
+class DeliveryNotFound(PermanentError):
+    pass
+
+
+class DeliveryStateError(PermanentError):
+    """The delivery is not in the state the action needs."""
+
+
+class SendConflict(PermanentError):
+    """Another run already owns this delivery's send."""
+
+
+class TemplateProblem(PermanentError):
+    """A template does not render (syntax error, undefined variable, unsafe access)."""
+
+
+class InvalidInput(PermanentError):
+    """A file, spec or parameter given by the user is wrong."""
+
+
+class ConfigurationError(PermanentError):
+    """A Connection, Variable or environment setting is missing or wrong."""
+
+
+class IncompleteSend(PermanentError):
+    """Some recipients of a delivery were never processed."""
+
+
+class SmtpUnavailable(TransientError):
+    """The SMTP server cannot be reached or dropped the connection."""

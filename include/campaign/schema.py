@@ -1,0 +1,196 @@
+"""The campaign database schema: a public interface the data team queries, keep it stable.
+
+Created from this metadata so that SQLite and PostgreSQL get the same tables, keys and checks.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    false,
+    true,
+)
+
+metadata = MetaData()
+
+ROLE_START_DELIVERIES = "start_deliveries"
+KNOWN_ROLES = (ROLE_START_DELIVERIES, "prepare_deliveries", "approve_deliveries")
+
+DELIVERY_STATUSES = ("draft", "ready", "sending", "sent", "failed")
+LOG_STATUSES = ("sent", "bounced", "failed", "ignored")
+FAILURE_TYPES = ("hard", "soft")
+EVENT_TYPES = ("open", "click", "unsubscribe")
+
+# Auto-increment keys: BIGINT on PostgreSQL, INTEGER PRIMARY KEY (the rowid) on SQLite.
+Id = BigInteger().with_variant(Integer, "sqlite")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+operators = Table(
+    "operators",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("login", String(150), nullable=False, unique=True, comment="the Airflow user name"),
+    Column("display_name", String(200)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+operator_roles = Table(
+    "operator_roles",
+    metadata,
+    Column("operator_id", Id, ForeignKey("operators.id", ondelete="CASCADE"), nullable=False),
+    Column("role", String(64), nullable=False),
+    Column("granted_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("operator_id", "role"),
+    CheckConstraint(_in("role", KNOWN_ROLES), name="operator_roles_role_known"),
+)
+
+profiles = Table(
+    "profiles",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("email", String(320), unique=True, comment="lower-cased"),
+    Column("mobile", String(32)),
+    Column("first_name", String(100)),
+    Column("last_name", String(100)),
+    Column("locale", String(16)),
+    Column("blocklisted", Boolean, nullable=False, server_default=false()),
+    Column("quarantine_reason", Text, comment="set when the address hard-bounced; NULL = not quarantined"),
+    Column("quarantined_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("label", String(200), nullable=False),
+    Column("channel", String(16), nullable=False, server_default="email"),
+    Column("sender", String(320), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("text_template", Text, nullable=False),
+    Column("html_template", Text, nullable=False),
+    Column("tracking", Boolean, nullable=False, server_default=true()),
+    Column("status", String(16), nullable=False, server_default="draft"),
+    Column("target_count", Integer),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("prepared_by", String(150)),
+    Column("prepared_at", DateTime(timezone=True)),
+    Column("approved_by", String(150)),
+    Column("approved_at", DateTime(timezone=True)),
+    Column("confirmed_by", String(150)),
+    Column("confirmed_at", DateTime(timezone=True)),
+    Column("run_id", String(250), comment="the confirm_send DAG run that owns the send"),
+    Column("finished_at", DateTime(timezone=True)),
+    CheckConstraint(_in("status", DELIVERY_STATUSES), name="deliveries_status_known"),
+    CheckConstraint("channel = 'email'", name="deliveries_channel_email"),
+)
+
+delivery_targets = Table(
+    "delivery_targets",
+    metadata,
+    Column("delivery_id", Id, ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", Integer, nullable=False, comment="1..target_count, contiguous: chunks are seq ranges"),
+    Column("profile_id", Id, ForeignKey("profiles.id"), nullable=False),
+    Column("email", String(320), nullable=False, comment="the address at preparation time"),
+    PrimaryKeyConstraint("delivery_id", "seq"),
+    UniqueConstraint("delivery_id", "profile_id", name="delivery_targets_one_per_profile"),
+)
+
+delivery_links = Table(
+    "delivery_links",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("delivery_id", Id, ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("label", Text),
+    UniqueConstraint("delivery_id", "url", name="delivery_links_one_per_url"),
+)
+
+broad_logs = Table(
+    "broad_logs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("delivery_id", Id, ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
+    Column("profile_id", Id, ForeignKey("profiles.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("email", String(320), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("failure_type", String(8)),
+    Column("reason", Text),
+    Column("smtp_code", Integer),
+    Column("smtp_reply", Text),
+    Column("message_id", String(400)),
+    Column("attempts", Integer, nullable=False, server_default="1"),
+    Column("worker", String(200), comment="host:pid of the task process that wrote the row"),
+    Column("run_id", String(250)),
+    Column("logged_at", DateTime(timezone=True), nullable=False),
+    # The database itself makes a second sending-log row for a recipient impossible.
+    UniqueConstraint("delivery_id", "profile_id", name="broad_logs_one_per_recipient"),
+    CheckConstraint(_in("status", LOG_STATUSES), name="broad_logs_status_known"),
+    CheckConstraint(
+        f"failure_type IS NULL OR {_in('failure_type', FAILURE_TYPES)}", name="broad_logs_failure_type_known"
+    ),
+)
+Index("broad_logs_delivery_status", broad_logs.c.delivery_id, broad_logs.c.status)
+Index("broad_logs_profile", broad_logs.c.profile_id)
+
+tracking_logs = Table(
+    "tracking_logs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("delivery_id", Id, ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
+    Column("profile_id", Id, ForeignKey("profiles.id"), nullable=False),
+    Column("event_type", String(16), nullable=False),
+    Column("link_id", Id, ForeignKey("delivery_links.id")),
+    Column("user_agent", Text),
+    Column("event_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint(_in("event_type", EVENT_TYPES), name="tracking_logs_event_type_known"),
+)
+Index("tracking_logs_delivery", tracking_logs.c.delivery_id, tracking_logs.c.event_type)
+
+delivery_kpis = Table(
+    "delivery_kpis",
+    metadata,
+    Column("delivery_id", Id, ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True),
+    Column("to_deliver", Integer, nullable=False),
+    Column("delivered", Integer, nullable=False),
+    Column("bounces_errors", Integer, nullable=False),
+    Column("hard_bounces", Integer, nullable=False),
+    Column("soft_bounces", Integer, nullable=False),
+    Column("errors", Integer, nullable=False),
+    Column("ignored", Integer, nullable=False),
+    Column("processed", Integer, nullable=False),
+    Column("delivered_rate", Float, comment="delivered / processed; NULL when nothing was processed"),
+    Column("bounce_error_rate", Float, comment="bounces_errors / processed"),
+    Column("unique_opens", Integer, nullable=False, server_default="0"),
+    Column("open_rate", Float, comment="unique_opens / delivered"),
+    Column("unique_clicks", Integer, nullable=False, server_default="0"),
+    Column("clicks", Integer, nullable=False, server_default="0"),
+    Column("click_through_rate", Float, comment="unique_clicks / delivered"),
+    Column("computed_at", DateTime(timezone=True), nullable=False),
+    Column("rates_updated_at", DateTime(timezone=True)),
+)
+
+
+def create_schema(engine: Engine) -> None:
+    """Create every missing table and index; existing ones are left as they are."""
+    metadata.create_all(engine)

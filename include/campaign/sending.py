@@ -1,0 +1,313 @@
+"""Sending one chunk of a delivery over one SMTP connection, exactly once per recipient.
+
+Exactly-once, and its bound: a recipient is skipped when it already has a sending-log row, and
+rows are committed every ``commit_every`` accepted messages and before any error leaves the
+chunk. Only a process killed outright (SIGKILL, machine loss) can lose the rows of messages
+accepted since the last commit, so a retried chunk re-sends **at most ``commit_every``
+messages per killed attempt**; those copies carry the same Message-ID as the first ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import smtplib
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+from typing import Any
+
+from sqlalchemy import Engine
+
+from campaign.clock import utcnow
+from campaign.db import sql
+from campaign.deliveries import Delivery, load_delivery
+from campaign.errors import PermanentError, SendConflict, SmtpUnavailable, TemplateProblem
+from campaign.profiles import is_valid_email
+from campaign.rendering import (
+    build_email,
+    compile_templates,
+    recipient_context,
+    render,
+    tracking_base_url,
+    tracking_secret,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 500
+DEFAULT_COMMIT_EVERY = 100
+DEFAULT_SOFT_RETRY_DELAYS = (2.0, 5.0)
+
+SmtpFactory = Callable[[], AbstractContextManager[smtplib.SMTP]]
+
+
+@dataclass
+class ChunkResult:
+    first_seq: int
+    last_seq: int
+    counts: Counter = field(default_factory=Counter)
+    already_logged: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "sent": self.counts["sent"],
+            "bounced": self.counts["bounced"],
+            "failed": self.counts["failed"],
+            "ignored": self.counts["ignored"],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class _Pending:
+    """A recipient whose message got a 4xx and waits for another attempt."""
+
+    recipient: dict[str, Any]
+    message: Any
+    attempts: int
+    code: int
+    reply: str
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _reply_text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+
+
+class _ChunkSender:
+    def __init__(
+        self,
+        engine: Engine,
+        delivery: Delivery,
+        run_id: str,
+        result: ChunkResult,
+        commit_every: int,
+    ) -> None:
+        self.engine = engine
+        self.delivery = delivery
+        self.run_id = run_id
+        self.result = result
+        self.commit_every = commit_every
+        self.templates = compile_templates(delivery.content)
+        self.secret = tracking_secret()
+        self.base_url = tracking_base_url()
+        self.worker = worker_identity()
+        self.sender_address = parseaddr(delivery.sender)[1]
+        self.buffer: list[dict[str, Any]] = []
+        self.to_quarantine: list[dict[str, Any]] = []
+
+    def record(
+        self,
+        recipient: dict[str, Any],
+        status: str,
+        *,
+        failure_type: str | None = None,
+        reason: str | None = None,
+        code: int | None = None,
+        reply: str | None = None,
+        message_id: str | None = None,
+        attempts: int = 1,
+    ) -> None:
+        now = utcnow()
+        self.buffer.append(
+            {
+                "delivery_id": self.delivery.id,
+                "profile_id": recipient["profile_id"],
+                "seq": recipient["seq"],
+                "email": recipient["email"],
+                "status": status,
+                "failure_type": failure_type,
+                "reason": reason,
+                "smtp_code": code,
+                "smtp_reply": reply,
+                "message_id": message_id,
+                "attempts": attempts,
+                "worker": self.worker,
+                "run_id": self.run_id,
+                "logged_at": now,
+            }
+        )
+        if status == "bounced" and failure_type == "hard":
+            self.to_quarantine.append(
+                {"profile_id": recipient["profile_id"], "reason": f"hard bounce {code}: {reply}", "now": now}
+            )
+        self.result.counts[status] += 1
+        if len(self.buffer) >= self.commit_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(sql("insert_broad_log"), self.buffer)
+            if self.to_quarantine:
+                conn.execute(sql("quarantine_profile"), self.to_quarantine)
+        self.buffer.clear()
+        self.to_quarantine.clear()
+
+    def prepare(self, recipient: dict[str, Any]):
+        """The message for a recipient, or None when the recipient was recorded without sending."""
+        if recipient["blocklisted"] or recipient["quarantine_reason"]:
+            why = "blocklisted" if recipient["blocklisted"] else "quarantined"
+            self.record(recipient, "ignored", reason=f"profile {why} after preparation")
+            return None
+        if not is_valid_email(recipient["email"]):
+            self.record(recipient, "failed", failure_type="hard", reason="malformed address")
+            return None
+        try:
+            rendered = render(self.templates, recipient_context(recipient, self.delivery.content), self.delivery.id)
+        except TemplateProblem as exc:
+            self.record(recipient, "failed", reason=f"personalisation failed: {exc}")
+            return None
+        return build_email(
+            self.delivery.content, rendered, recipient["email"], recipient["profile_id"], self.secret, self.base_url
+        )
+
+    def attempt(self, smtp: smtplib.SMTP, recipient: dict[str, Any], message: Any, attempts: int) -> _Pending | None:
+        """Send once; record the final outcome, or return the 4xx to retry later."""
+        try:
+            smtp.send_message(message, from_addr=self.sender_address, to_addrs=[recipient["email"]])
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, reply = next(iter(exc.recipients.values()))
+            return self._refused(recipient, message, attempts, code, _reply_text(reply), "recipient refused")
+        except smtplib.SMTPSenderRefused as exc:
+            if exc.smtp_code >= 500:
+                raise PermanentError(
+                    f"The SMTP server refuses the sender {self.sender_address!r}: {exc.smtp_code} "
+                    f"{_reply_text(exc.smtp_error)}. Fix the delivery's sender or the relay's settings."
+                ) from None
+            return self._refused(
+                recipient, message, attempts, exc.smtp_code, _reply_text(exc.smtp_error), "sender deferred"
+            )
+        except smtplib.SMTPDataError as exc:
+            return self._refused(
+                recipient, message, attempts, exc.smtp_code, _reply_text(exc.smtp_error), "message refused"
+            )
+        self.record(recipient, "sent", code=250, message_id=message["Message-ID"], attempts=attempts)
+        return None
+
+    def _refused(
+        self, recipient: dict[str, Any], message: Any, attempts: int, code: int, reply: str, what: str
+    ) -> _Pending | None:
+        if 400 <= code < 500:
+            return _Pending(recipient, message, attempts, code, reply)
+        self.record(
+            recipient,
+            "bounced",
+            failure_type="hard",
+            reason=what,
+            code=code,
+            reply=reply,
+            message_id=message["Message-ID"],
+            attempts=attempts,
+        )
+        return None
+
+    def soft_bounce(self, pending: _Pending) -> None:
+        self.record(
+            pending.recipient,
+            "bounced",
+            failure_type="soft",
+            reason="temporary failure, retries exhausted",
+            code=pending.code,
+            reply=pending.reply,
+            message_id=pending.message["Message-ID"],
+            attempts=pending.attempts,
+        )
+
+
+def _target_pages(
+    engine: Engine, delivery_id: int, first_seq: int, last_seq: int, page_size: int
+) -> Iterator[list[dict[str, Any]]]:
+    """Stream the not-yet-logged targets of a chunk, one short read per page."""
+    after_seq = first_seq - 1
+    while True:
+        with engine.begin() as conn:
+            page = [
+                dict(row)
+                for row in conn.execute(
+                    sql("select_unlogged_targets"),
+                    {
+                        "delivery_id": delivery_id,
+                        "after_seq": after_seq,
+                        "last_seq": last_seq,
+                        "page_size": page_size,
+                    },
+                ).mappings()
+            ]
+        if not page:
+            return
+        yield page
+        after_seq = page[-1]["seq"]
+
+
+def send_chunk(
+    engine: Engine,
+    delivery_id: int,
+    run_id: str,
+    first_seq: int,
+    last_seq: int,
+    smtp_factory: SmtpFactory,
+    *,
+    page_size: int = DEFAULT_PAGE_SIZE,
+    commit_every: int = DEFAULT_COMMIT_EVERY,
+    soft_retry_delays: tuple[float, ...] = DEFAULT_SOFT_RETRY_DELAYS,
+) -> ChunkResult:
+    """Send targets ``first_seq..last_seq`` that have no sending-log row yet."""
+    started = time.monotonic()
+    delivery = load_delivery(engine, delivery_id)
+    if delivery.run_id != run_id or delivery.status not in ("sending", "failed"):
+        raise SendConflict(
+            f"Delivery {delivery_id} is {delivery.status} and owned by run {delivery.run_id!r}, "
+            f"not by this run ({run_id!r}); this chunk sends nothing."
+        )
+    result = ChunkResult(first_seq, last_seq)
+    sender = _ChunkSender(engine, delivery, run_id, result, commit_every)
+    pending: list[_Pending] = []
+    try:
+        with smtp_factory() as smtp:
+            for page in _target_pages(engine, delivery_id, first_seq, last_seq, page_size):
+                for recipient in page:
+                    message = sender.prepare(recipient)
+                    if message is not None:
+                        deferred = sender.attempt(smtp, recipient, message, attempts=1)
+                        if deferred is not None:
+                            pending.append(deferred)
+            sender.flush()
+            for delay in soft_retry_delays:
+                if not pending:
+                    break
+                time.sleep(delay)
+                still_pending = []
+                for item in pending:
+                    deferred = sender.attempt(smtp, item.recipient, item.message, item.attempts + 1)
+                    if deferred is not None:
+                        still_pending.append(deferred)
+                pending = still_pending
+            for item in pending:
+                sender.soft_bounce(item)
+            sender.flush()
+    except (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, OSError) as exc:
+        # What was accepted so far is recorded, so the retry resumes after it.
+        sender.flush()
+        raise SmtpUnavailable(
+            f"Lost the SMTP server while sending delivery {delivery_id} "
+            f"(seq {first_seq}-{last_seq}): {exc or type(exc).__name__}. "
+            f"{sum(result.counts.values())} recipients were recorded; the retry resumes after them."
+        ) from exc
+    except BaseException:
+        sender.flush()
+        raise
+    result.seconds = time.monotonic() - started
+    return result

@@ -1,0 +1,25 @@
+INSERT INTO delivery_kpis (delivery_id, to_deliver, delivered, bounces_errors, hard_bounces, soft_bounces,
+                           errors, ignored, processed, delivered_rate, bounce_error_rate, unique_opens,
+                           open_rate, unique_clicks, clicks, click_through_rate, computed_at,
+                           rates_updated_at)
+VALUES (:delivery_id, :to_deliver, :delivered, :bounces_errors, :hard_bounces, :soft_bounces,
+        :errors, :ignored, :processed, :delivered_rate, :bounce_error_rate, :unique_opens,
+        :open_rate, :unique_clicks, :clicks, :click_through_rate, :computed_at, :computed_at)
+ON CONFLICT (delivery_id) DO UPDATE SET
+    to_deliver = excluded.to_deliver,
+    delivered = excluded.delivered,
+    bounces_errors = excluded.bounces_errors,
+    hard_bounces = excluded.hard_bounces,
+    soft_bounces = excluded.soft_bounces,
+    errors = excluded.errors,
+    ignored = excluded.ignored,
+    processed = excluded.processed,
+    delivered_rate = excluded.delivered_rate,
+    bounce_error_rate = excluded.bounce_error_rate,
+    unique_opens = excluded.unique_opens,
+    open_rate = excluded.open_rate,
+    unique_clicks = excluded.unique_clicks,
+    clicks = excluded.clicks,
+    click_through_rate = excluded.click_through_rate,
+    computed_at = excluded.computed_at,
+    rates_updated_at = excluded.rates_updated_at
