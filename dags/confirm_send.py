@@ -113,7 +113,7 @@ def confirm_send():
         )
         return summary
 
-    @task(trigger_rule="all_done")
+    @task(multiple_outputs=False, trigger_rule="all_done")
     def aggregate_kpis() -> dict:
         params, run_id = _run_params()
         engine = campaign_engine()

@@ -26,7 +26,9 @@ REPLIES = {550: "550 5.1.1 Mailbox does not exist", 451: "451 4.3.0 Mailbox temp
 
 class MaildirHandler:
     def __init__(self, maildir: str | Path, reject_rules: dict[str, int] | None = None) -> None:
-        self.maildir = mailbox.Maildir(str(maildir), create=True)
+        for sub in ("tmp", "new", "cur"):  # Maildir(create=True) skips them when the folder exists
+            Path(maildir, sub).mkdir(parents=True, exist_ok=True)
+        self.maildir = mailbox.Maildir(str(maildir), create=False)
         self.reject_rules = dict(DEFAULT_REJECT_RULES if reject_rules is None else reject_rules)
         self.lock = threading.Lock()
         self.accepted = Counter()  # recipient address -> messages accepted

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 500
 DEFAULT_COMMIT_EVERY = 100
 DEFAULT_SOFT_RETRY_DELAYS = (2.0, 5.0)
+# So many permanent refusals of the message itself in a row mean the relay rejects the delivery
+# (content, policy, server fault), not the recipients: stop before quarantining the whole audience.
+MAX_CONSECUTIVE_MESSAGE_REFUSALS = 20
 
 SmtpFactory = Callable[[], AbstractContextManager[smtplib.SMTP]]
 
@@ -104,6 +107,7 @@ class _ChunkSender:
         self.base_url = tracking_base_url()
         self.worker = worker_identity()
         self.sender_address = parseaddr(delivery.sender)[1]
+        self.consecutive_message_refusals = 0
         self.buffer: list[dict[str, Any]] = []
         self.to_quarantine: list[dict[str, Any]] = []
 
@@ -191,9 +195,19 @@ class _ChunkSender:
                 recipient, message, attempts, exc.smtp_code, _reply_text(exc.smtp_error), "sender deferred"
             )
         except smtplib.SMTPDataError as exc:
+            if exc.smtp_code >= 500:
+                self.consecutive_message_refusals += 1
+                if self.consecutive_message_refusals > MAX_CONSECUTIVE_MESSAGE_REFUSALS:
+                    raise PermanentError(
+                        f"The SMTP server refused {self.consecutive_message_refusals} messages in a row after "
+                        f"accepting their recipients (last: {exc.smtp_code} {_reply_text(exc.smtp_error)}). "
+                        "It rejects the message itself, not the addresses: check the relay and the content, "
+                        "then clear the failed send_chunk tasks to resume."
+                    ) from None
             return self._refused(
                 recipient, message, attempts, exc.smtp_code, _reply_text(exc.smtp_error), "message refused"
             )
+        self.consecutive_message_refusals = 0
         self.record(recipient, "sent", code=250, message_id=message["Message-ID"], attempts=attempts)
         return None
 

@@ -1,0 +1,28 @@
+# The README's first two commands: `make run` (the product on its embedded defaults) and
+# `make test` (the whole suite). Both install what they need into .venv first.
+VENV ?= .venv
+PYTHON ?= python3
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint venv clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt -r requirements-dev.txt -c constraints.txt
+	touch $(STAMP)
+
+run: venv
+	scripts/run-embedded.sh
+
+test: venv
+	scripts/test.sh $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check include dags plugins tests
+
+clean:
+	rm -rf var test-artifacts .pytest_cache
