@@ -6,10 +6,9 @@ import logging
 import time
 
 from airflow.sdk import Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowSkipException
 
 from campaign import confirm, operators
-from campaign.airflow_glue import campaign_engine, campaign_smtp, max_map_length
+from campaign.airflow_glue import campaign_engine, campaign_smtp, max_map_length, says_why
 from campaign.sending import send_chunk as send_chunk_of_delivery
 from dag_defaults import DEFAULT_ARGS
 
@@ -52,6 +51,7 @@ def _run_params() -> tuple[dict, str]:
 )
 def confirm_send():
     @task
+    @says_why
     def check_role() -> str:
         started = time.monotonic()
         context = get_current_context()
@@ -60,6 +60,7 @@ def confirm_send():
         return operator
 
     @task
+    @says_why
     def validate() -> None:
         started = time.monotonic()
         params, _ = _run_params()
@@ -73,12 +74,14 @@ def confirm_send():
         )
 
     @task
+    @says_why
     def start_send(operator: str) -> None:
         params, run_id = _run_params()
         confirm.start_send(campaign_engine(), params["delivery_id"], operator, run_id)
         log.info("start_send: delivery %s is sending, confirmed by %s, run %s", params["delivery_id"], operator, run_id)
 
     @task
+    @says_why
     def plan_chunks() -> list[dict[str, int]]:
         params, _ = _run_params()
         count = confirm.target_count(campaign_engine(), params["delivery_id"])
@@ -92,9 +95,11 @@ def confirm_send():
         return [chunk.as_xcom() for chunk in chunks]
 
     @task(
+        multiple_outputs=False,
         pool="campaign_smtp",
         map_index_template="seq {{ task.op_kwargs['chunk']['first_seq'] }}-{{ task.op_kwargs['chunk']['last_seq'] }}",
     )
+    @says_why
     def send_chunk(chunk: dict[str, int]) -> dict:
         params, run_id = _run_params()
         result = send_chunk_of_delivery(
@@ -114,11 +119,11 @@ def confirm_send():
         return summary
 
     @task(multiple_outputs=False, trigger_rule="all_done")
+    @says_why
     def aggregate_kpis() -> dict:
         params, run_id = _run_params()
         engine = campaign_engine()
-        if not confirm.owned_by_run(engine, params["delivery_id"], run_id):
-            raise AirflowSkipException("Nothing to aggregate: this run did not start the send.")
+        confirm.require_owned_by_run(engine, params["delivery_id"], run_id)
         kpis = confirm.compute_kpis(engine, params["delivery_id"])
         status = confirm.finish_send(engine, params["delivery_id"], run_id, kpis)
         log.info("aggregate_kpis: delivery %s is %s\n%s", params["delivery_id"], status, confirm.format_kpi_table(kpis))

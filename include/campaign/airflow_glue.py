@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import logging
 import smtplib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from airflow.providers.smtp.hooks.smtp import SmtpHook
@@ -12,15 +13,33 @@ from airflow.sdk import BaseHook
 from sqlalchemy import Engine
 
 from campaign.db import make_engine, url_from_connection_fields
-from campaign.errors import ConfigurationError, SmtpUnavailable
+from campaign.errors import CampaignError, ConfigurationError, SmtpUnavailable
 
 CAMPAIGN_DB_CONN_ID = "campaign_db"
 CAMPAIGN_SMTP_CONN_ID = "campaign_smtp"
 
+log = logging.getLogger("campaign.confirm_send")
 
-@functools.cache
+
+def says_why(task_function: Callable) -> Callable:
+    """Log a campaign error as one sentence before Airflow records it with its traceback.
+
+    The sentence is what an operator or the data team needs to read first in the task log.
+    """
+
+    @functools.wraps(task_function)
+    def wrapper(*args, **kwargs):
+        try:
+            return task_function(*args, **kwargs)
+        except CampaignError as exc:
+            log.error("%s: %s", task_function.__name__, exc)
+            raise
+
+    return wrapper
+
+
 def campaign_engine() -> Engine:
-    """The campaign database of Connection ``campaign_db`` (one engine per task process)."""
+    """The campaign database of Connection ``campaign_db``, one engine per URL and process."""
     try:
         conn = BaseHook.get_connection(CAMPAIGN_DB_CONN_ID)
     except Exception as exc:  # the SDK raises its own not-found type, which differs by version
@@ -28,9 +47,13 @@ def campaign_engine() -> Engine:
             f"Airflow Connection {CAMPAIGN_DB_CONN_ID!r} is not defined: {exc}. "
             "Define it (sqlite: file path in host; postgres: host, port, schema, login, password)."
         ) from None
-    return make_engine(
-        url_from_connection_fields(conn.conn_type, conn.host, conn.schema, conn.login, conn.password, conn.port)
-    )
+    url = url_from_connection_fields(conn.conn_type, conn.host, conn.schema, conn.login, conn.password, conn.port)
+    return _engine_for(url.render_as_string(hide_password=False))
+
+
+@functools.cache
+def _engine_for(url: str) -> Engine:
+    return make_engine(url)
 
 
 class _CampaignSmtpHook(SmtpHook):

@@ -12,7 +12,14 @@ from sqlalchemy import Engine, select
 from campaign.clock import utcnow
 from campaign.db import sql
 from campaign.deliveries import Delivery, get_delivery, load_delivery
-from campaign.errors import DeliveryNotFound, DeliveryStateError, IncompleteSend, InvalidInput, SendConflict
+from campaign.errors import (
+    DeliveryNotFound,
+    DeliveryStateError,
+    IncompleteSend,
+    InvalidInput,
+    SendConflict,
+    SendRefused,
+)
 from campaign.rendering import compile_templates, recipient_context, render
 from campaign.schema import delivery_targets, profiles
 
@@ -136,11 +143,17 @@ def finish_send(engine: Engine, delivery_id: int, run_id: str, kpis: dict[str, A
     return status
 
 
-def owned_by_run(engine: Engine, delivery_id: int, run_id: str) -> bool:
+def require_owned_by_run(engine: Engine, delivery_id: int, run_id: str) -> None:
+    """Fail (so that the run shows red) when this run was refused before it could start the send."""
     try:
-        return load_delivery(engine, delivery_id).run_id == run_id
+        owner = load_delivery(engine, delivery_id).run_id
     except DeliveryNotFound:
-        return False
+        owner = None
+    if owner != run_id:
+        raise SendRefused(
+            f"This run sent nothing to delivery {delivery_id}: it was refused before the send "
+            "(see the log of check_role, validate or start_send)."
+        )
 
 
 def raise_unserved(delivery_id: int, kpis: dict[str, Any]) -> None:

@@ -33,7 +33,7 @@ class MaildirHandler:
         self.lock = threading.Lock()
         self.accepted = Counter()  # recipient address -> messages accepted
         self.refused = Counter()  # recipient address -> RCPT refusals
-        self.on_message = None  # optional callback(count_so_far) after each accepted message
+        self.on_message = None  # optional callback(total_accepted, client_address) after each message
 
     def _rule_for(self, address: str) -> int | None:
         for pattern, code in self.reject_rules.items():
@@ -59,7 +59,7 @@ class MaildirHandler:
             total = sum(self.accepted.values())
         log.debug("stored %s for %s", message["Message-ID"], envelope.rcpt_tos)
         if self.on_message is not None:
-            self.on_message(total)
+            self.on_message(total, session.peer)
         return "250 Message accepted for delivery"
 
 

@@ -46,6 +46,10 @@ class ConfigurationError(PermanentError):
     """A Connection, Variable or environment setting is missing or wrong."""
 
 
+class SendRefused(PermanentError):
+    """The run was refused before it sent anything."""
+
+
 class IncompleteSend(PermanentError):
     """Some recipients of a delivery were never processed."""
 

@@ -1,0 +1,236 @@
+"""Shared fixtures: real SQLite and PostgreSQL databases, a real SMTP server, a migrated Airflow.
+
+Airflow reads its configuration when first imported, so the environment is set here, before any
+test module imports it.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="campaign-test-airflow-"))
+
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "CAMPAIGN_RETRY_DELAY_SECONDS": "1",
+        "CAMPAIGN_TRACKING_SECRET": "test-secret-" + uuid.uuid4().hex,
+        "CAMPAIGN_TRACKING_BASE_URL": "http://127.0.0.1:9/campaign",
+    }
+)
+sys.path.insert(0, str(ROOT / "include"))
+
+from campaign.db import make_engine  # noqa: E402
+from campaign.devsmtp import start_server  # noqa: E402
+from campaign.schema import create_schema  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------- PostgreSQL server
+
+
+@dataclass
+class PostgresServer:
+    host: str
+    port: int
+    user: str
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database}"
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if found:
+        return found[-1]
+    on_path = shutil.which(name)
+    if on_path:
+        return on_path
+    raise FileNotFoundError(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throw-away PostgreSQL server on a free loopback port (as an unprivileged user under root)."""
+    try:
+        initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    except FileNotFoundError:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL server binaries are missing in CI; .ci/run must install them.")
+        pytest.skip("PostgreSQL server binaries not installed (Debian package postgresql)")
+    folder = Path(tempfile.mkdtemp(prefix="campaign-test-pg-"))
+    data, sockets = folder / "data", folder / "sockets"
+    sockets.mkdir()
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        account = "postgres" if _user_exists("postgres") else "nobody"
+        shutil.chown(folder, account)
+        shutil.chown(sockets, account)
+        prefix = ["runuser", "-u", account, "--"]
+    port = free_port()
+    subprocess.run(
+        [*prefix, initdb, "-D", str(data), "-U", "campaign", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-c listen_addresses=127.0.0.1 -c port={port} -k {sockets} -c fsync=off -c max_connections=200"
+    subprocess.run(
+        [*prefix, pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "server.log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield PostgresServer("127.0.0.1", port, "campaign")
+    finally:
+        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+# ---------------------------------------------------------------- campaign database
+
+
+@dataclass
+class CampaignDatabase:
+    backend: str
+    url: str
+    airflow_connection: str  # the AIRFLOW_CONN_CAMPAIGN_DB value
+    engine: object
+
+
+def _new_database(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> CampaignDatabase:
+    if backend == "sqlite":
+        path = tmp_path / "campaign.db"
+        url = f"sqlite:///{path}"
+        connection = json.dumps({"conn_type": "sqlite", "host": str(path)})
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        name = f"campaign_{uuid.uuid4().hex[:12]}"
+        admin = make_engine(server.url("postgres")).execution_options(isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        admin.dispose()
+        url = server.url(name)
+        connection = json.dumps(
+            {"conn_type": "postgres", "host": server.host, "port": server.port, "schema": name, "login": server.user}
+        )
+    engine = make_engine(url)
+    create_schema(engine)
+    return CampaignDatabase(backend, url, connection, engine)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def campaign_db(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[CampaignDatabase]:
+    """An empty campaign database on each backend, also published as Connection campaign_db."""
+    database = _new_database(request.param, request, tmp_path)
+    monkeypatch.setenv("AIRFLOW_CONN_CAMPAIGN_DB", database.airflow_connection)
+    monkeypatch.setenv("CAMPAIGN_DB_URL", database.url)
+    yield database
+    database.engine.dispose()
+
+
+@pytest.fixture
+def sqlite_db(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[CampaignDatabase]:
+    database = _new_database("sqlite", request, tmp_path)
+    monkeypatch.setenv("AIRFLOW_CONN_CAMPAIGN_DB", database.airflow_connection)
+    monkeypatch.setenv("CAMPAIGN_DB_URL", database.url)
+    yield database
+    database.engine.dispose()
+
+
+# ---------------------------------------------------------------- SMTP server
+
+
+@dataclass
+class SmtpSink:
+    port: int
+    maildir: Path
+    handler: object
+    controller: object
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+def smtp_connection_json(port: int) -> str:
+    return json.dumps(
+        {
+            "conn_type": "smtp",
+            "host": "127.0.0.1",
+            "port": port,
+            "extra": {"disable_tls": True, "disable_ssl": True, "timeout": 10, "retry_limit": 0},
+        }
+    )
+
+
+@pytest.fixture
+def smtp_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpSink]:
+    """A real aiosmtpd server on loopback: 550 for *@hard-bounce.test, 451 for *@soft-bounce.test."""
+    port = free_port()
+    maildir = tmp_path / "maildir"
+    controller, handler = start_server(maildir, port=port)
+    monkeypatch.setenv("AIRFLOW_CONN_CAMPAIGN_SMTP", smtp_connection_json(port))
+    sink = SmtpSink(port, maildir, handler, controller)
+    yield sink
+    try:
+        controller.stop()
+    except Exception:  # already stopped by the test
+        pass
+
+
+# ---------------------------------------------------------------- Airflow
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """Airflow's metadata database, migrated once, with the pool the DAG uses."""
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True)
+    subprocess.run([airflow, "pools", "set", "campaign_smtp", "8", "test"], check=True, capture_output=True)
+    return _AIRFLOW_HOME
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,66 @@
+"""Every DAG file imports cleanly and carries the settings operations rely on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+
+from campaign.errors import PermanentError, SmtpUnavailable
+
+DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
+EXPECTED_DAG_IDS = {"confirm_send"}
+
+
+@pytest.fixture(scope="module")
+def dagbag(airflow_db) -> DagBag:
+    return DagBag(dag_folder=str(DAGS_FOLDER))
+
+
+def test_no_import_errors(dagbag: DagBag) -> None:
+    assert dagbag.import_errors == {}
+
+
+def test_expected_dag_ids(dagbag: DagBag) -> None:
+    assert set(dagbag.dag_ids) == EXPECTED_DAG_IDS
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAG_IDS))
+def test_tags_and_retries(dagbag: DagBag, dag_id: str) -> None:
+    dag = dagbag.get_dag(dag_id)
+    assert "campaign" in dag.tags
+    for task in dag.tasks:
+        assert task.retries >= 1, f"{task.task_id} has no retries"
+        assert task.retry_policy is not None, f"{task.task_id} has no retry policy"
+
+
+def test_confirm_send_shape(dagbag: DagBag) -> None:
+    dag = dagbag.get_dag("confirm_send")
+    assert dag.schedule is None or str(dag.timetable.summary) in ("None", "Never, external triggers only")
+    order = ["check_role", "validate", "start_send", "plan_chunks", "send_chunk", "aggregate_kpis"]
+    assert set(dag.task_ids) == set(order)
+    for upstream, downstream in zip(order, order[1:], strict=False):
+        assert upstream in dag.get_task(downstream).upstream_task_ids
+    assert dag.get_task("send_chunk").pool == "campaign_smtp"
+    assert dag.get_task("aggregate_kpis").trigger_rule == "all_done"
+
+
+def test_confirm_send_form(dagbag: DagBag) -> None:
+    params = dagbag.get_dag("confirm_send").params
+    schema = {name: params.get_param(name).schema for name in ("delivery_id", "confirm", "chunk_size")}
+    assert schema["delivery_id"]["type"] == "integer"
+    assert schema["confirm"]["type"] == "boolean"
+    assert params["confirm"] is False, "confirm must start unticked"
+    assert all(s.get("title") for s in schema.values())
+    assert all(params.get_param(name).description for name in schema)
+
+
+def test_retry_policy_fails_permanent_errors_and_retries_smtp(dagbag: DagBag) -> None:
+    policy = dagbag.get_dag("confirm_send").get_task("send_chunk").retry_policy
+    rules = {rule.reason.split(":")[0]: rule for rule in policy.rules}
+    permanent = next(r for r in policy.rules if r.action.value == "fail")
+    assert permanent.exception is PermanentError
+    smtp = next(r for r in policy.rules if r.exception is SmtpUnavailable)
+    assert smtp.action.value == "retry" and smtp.reason
+    assert all(rule.reason for rule in rules.values())

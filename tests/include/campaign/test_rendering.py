@@ -1,0 +1,308 @@
+"""Sandboxed strict templates, escaping, header safety, the MIME message and signed tokens."""
+
+from __future__ import annotations
+
+from email import message_from_bytes, policy
+from urllib.parse import quote
+
+import pytest
+
+from campaign.errors import ConfigurationError, TemplateProblem
+from campaign.rendering import (
+    DeliveryContent,
+    RenderedMessage,
+    build_email,
+    compile_templates,
+    recipient_context,
+    render,
+    sender_domain,
+    sign_token,
+    tracking_secret,
+    verify_token,
+)
+
+SECRET = b"a-test-secret-of-some-length"
+BASE_URL = "https://track.shop.test/campaign"
+
+
+def content(subject: str = "Hi", text: str = "text", html: str = "<p>html</p>", **kwargs) -> DeliveryContent:
+    values = {"delivery_id": 7, "label": "Spring sale", "sender": "Shop News <news@shop.test>"}
+    values.update(kwargs)
+    return DeliveryContent(subject=subject, text_template=text, html_template=html, **values)
+
+
+def recipient(**profile) -> dict:
+    values = {"profile_id": 42, "email": "ann@example.test", "first_name": "Ann", "last_name": "Lee"}
+    values.update(profile)
+    return values
+
+
+def render_content(item: DeliveryContent, **profile) -> RenderedMessage:
+    return render(compile_templates(item), recipient_context(recipient(**profile), item), item.delivery_id)
+
+
+# ---------------------------------------------------------------- strict, sandboxed templates
+
+
+def test_profile_and_delivery_fields_render() -> None:
+    item = content(
+        subject="{{ profile.first_name }}, news from {{ delivery.label }}",
+        text="{{ profile.first_name }} {{ profile.last_name }} <{{ profile.email }}> #{{ profile.id }}",
+        html="<p>{{ delivery.id }}</p>",
+    )
+
+    rendered = render_content(item)
+
+    assert rendered == RenderedMessage(
+        subject="Ann, news from Spring sale", text="Ann Lee <ann@example.test> #42", html="<p>7</p>"
+    )
+
+
+def test_missing_profile_data_renders_empty_so_a_fallback_applies() -> None:
+    item = content(subject="Hello {{ profile.first_name or 'there' }}", text="[{{ profile.locale }}]")
+
+    rendered = render_content(item, first_name=None)
+
+    assert rendered.subject == "Hello there"
+    assert rendered.text == "[]"
+
+
+@pytest.mark.parametrize(
+    ("part", "template", "name"),
+    [
+        ("subject", "Hello {{ customer }}", "'customer' is undefined"),
+        ("text", "Hello {{ profile.nickname }}", "nickname"),
+        ("html", "<p>{{ delivery.budget }}</p>", "budget"),
+        ("text", "{% if coupon %}x{% endif %}", "'coupon' is undefined"),
+    ],
+)
+def test_undefined_variable_is_a_template_problem_naming_it(part: str, template: str, name: str) -> None:
+    item = content(**{part: template})
+
+    with pytest.raises(TemplateProblem) as excinfo:
+        render_content(item)
+
+    message = str(excinfo.value)
+    assert f"The {part} template of delivery 7 uses an undefined variable" in message
+    assert name in message
+    assert "Available: profile.email" in message
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ profile.__class__ }}",
+        "{{ profile.email.__class__.__base__.__subclasses__() }}",
+        "{{ cycler.__init__.__globals__ }}",
+        "{{ profile.items.__self__ }}",
+    ],
+)
+def test_sandbox_refuses_unsafe_attribute_access(template: str) -> None:
+    item = content(text=template)
+
+    with pytest.raises(TemplateProblem) as excinfo:
+        render_content(item)
+
+    message = str(excinfo.value)
+    assert message.startswith("The text template of delivery 7 ")
+    assert "<class" not in message
+    assert "unsafe" in message or "undefined" in message
+
+
+@pytest.mark.parametrize("part", ["subject", "text", "html"])
+def test_syntax_error_names_the_template_and_line(part: str) -> None:
+    item = content(**{part: "first line\n{% if profile.first_name %}no end"})
+
+    with pytest.raises(TemplateProblem) as excinfo:
+        compile_templates(item)
+
+    message = str(excinfo.value)
+    assert message.startswith(f"The {part} template of delivery 7 has a syntax error at line ")
+    assert "endif" in message
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=(TypeError, ZeroDivisionError),
+    reason=(
+        "bug: rendering.render (lines 93-104) only catches Jinja errors; a template failing at run time "
+        "(TypeError, ZeroDivisionError) escapes as a raw exception instead of TemplateProblem, so "
+        "sending.prepare (which catches TemplateProblem) crashes the whole chunk"
+    ),
+)
+@pytest.mark.parametrize("template", ["{{ profile.first_name + 1 }}", "{{ profile.id / 0 }}"])
+def test_runtime_error_in_template_is_a_template_problem(template: str) -> None:
+    with pytest.raises(TemplateProblem, match="The text template of delivery 7 does not render"):
+        render_content(content(text=template))
+
+
+# ---------------------------------------------------------------- escaping and headers
+
+
+def test_profile_data_is_escaped_in_html_but_not_in_text() -> None:
+    item = content(
+        subject="For {{ profile.first_name }}",
+        text="Hello {{ profile.first_name }}",
+        html="<p>Hello {{ profile.first_name }}</p>",
+    )
+    name = "<script>alert('x')</script> & \"Co\""
+
+    rendered = render_content(item, first_name=name)
+
+    assert rendered.html == "<p>Hello &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &#34;Co&#34;</p>"
+    assert "<script>" not in rendered.html
+    assert rendered.text == f"Hello {name}"
+    assert rendered.subject == f"For {name}"
+
+
+def test_html_written_by_the_template_author_is_kept() -> None:
+    rendered = render_content(content(html='<a href="https://shop.test/?a=1&b=2">{{ profile.first_name }}</a>'))
+
+    assert rendered.html == '<a href="https://shop.test/?a=1&b=2">Ann</a>'
+
+
+def test_subject_newlines_are_collapsed_so_no_header_can_be_injected() -> None:
+    item = content(subject="Hello\n{{ profile.first_name }}\n")
+    rendered = render_content(item, first_name="Eve\r\nBcc: victim@evil.test")
+
+    assert rendered.subject == "Hello Eve Bcc: victim@evil.test"
+
+    message = build_email(item, rendered, "eve@example.test", 42, SECRET, BASE_URL)
+    parsed = message_from_bytes(message.as_bytes(), policy=policy.default)
+    assert parsed["Bcc"] is None
+    assert parsed["Subject"] == "Hello Eve Bcc: victim@evil.test"
+
+
+# ---------------------------------------------------------------- the MIME message
+
+
+def built(profile_id: int = 42, rendered: RenderedMessage | None = None):
+    rendered = rendered or RenderedMessage(subject="Hello Ann", text="Hello Ann\n", html="<p>Hello Ann</p>\n")
+    message = build_email(content(), rendered, "ann@example.test", profile_id, SECRET, BASE_URL)
+    return message_from_bytes(message.as_bytes(), policy=policy.default)
+
+
+def test_build_email_is_multipart_alternative_with_text_then_html() -> None:
+    message = built()
+
+    assert message.get_content_type() == "multipart/alternative"
+    parts = list(message.iter_parts())
+    assert [part.get_content_type() for part in parts] == ["text/plain", "text/html"]
+    assert parts[0].get_content() == "Hello Ann\n"
+    assert parts[1].get_content() == "<p>Hello Ann</p>\n"
+    assert message["From"] == "Shop News <news@shop.test>"
+    assert message["To"] == "ann@example.test"
+    assert message["Subject"] == "Hello Ann"
+    assert message["X-Campaign-Delivery"] == "7"
+    assert message["Date"]
+
+
+def test_message_id_is_deterministic_per_delivery_and_profile() -> None:
+    first = built()
+    again = built(rendered=RenderedMessage(subject="Other", text="other\n", html="<p>other</p>\n"))
+    other_profile = built(profile_id=43)
+
+    assert first["Message-ID"] == "<campaign.7.42@shop.test>"
+    assert again["Message-ID"] == first["Message-ID"]
+    assert other_profile["Message-ID"] == "<campaign.7.43@shop.test>"
+
+
+def test_list_unsubscribe_has_a_signed_url_and_a_mailto() -> None:
+    rendered = RenderedMessage(subject="Hello Ann", text="Hello Ann\n", html="<p>Hello Ann</p>\n")
+    message = build_email(content(), rendered, "ann@example.test", 42, SECRET, BASE_URL)
+    token = sign_token(SECRET, 7, 42)
+    expected = f"<{BASE_URL}/u/{token}>, <mailto:unsubscribe@shop.test?subject={quote('unsubscribe ' + token)}>"
+
+    assert message["List-Unsubscribe"] == expected
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # On the wire the long header is folded; unfolded, it says the same.
+    on_the_wire = message_from_bytes(message.as_bytes(), policy=policy.default)
+    assert " ".join(on_the_wire["List-Unsubscribe"].split()) == expected
+    assert on_the_wire["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    url_token = expected.split("/u/", 1)[1].split(">", 1)[0]
+    assert verify_token(SECRET, url_token, 2) == (7, 42)
+
+
+@pytest.mark.parametrize(
+    ("sender", "domain"),
+    [("Shop <news@shop.test>", "shop.test"), ("news@mail.shop.test", "mail.shop.test"), ("", "localhost")],
+)
+def test_sender_domain(sender: str, domain: str) -> None:
+    assert sender_domain(sender) == domain
+
+
+# ---------------------------------------------------------------- tokens
+
+
+@pytest.mark.parametrize("fields", [(7, 42), (1, 2, 3), (0, 999999999999)])
+def test_token_round_trip(fields: tuple[int, ...]) -> None:
+    token = sign_token(SECRET, *fields)
+
+    assert verify_token(SECRET, token, len(fields)) == fields
+
+
+def test_token_is_url_safe() -> None:
+    token = sign_token(SECRET, 7, 42)
+
+    assert quote(token, safe="") == token
+
+
+def forged_tokens() -> list[tuple[str, str]]:
+    good = sign_token(SECRET, 7, 42)
+    payload, mac = good.rsplit(".", 1)
+    flipped = mac[:-1] + ("0" if mac[-1] != "0" else "1")
+    return [
+        ("other profile, same mac", f"7.43.{mac}"),
+        ("other delivery, same mac", f"8.42.{mac}"),
+        ("mac flipped", f"{payload}.{flipped}"),
+        ("mac from another secret", sign_token(b"another-secret-of-some-length", 7, 42)),
+        ("mac truncated", good[:-1]),
+        ("mac missing", payload),
+        ("mac empty", f"{payload}."),
+        ("mac upper-cased", f"{payload}.{mac.upper()}"),
+        ("field dropped", f"42.{mac}"),
+        ("field added", f"7.42.1.{mac}"),
+        ("leading zero", f"07.42.{mac}"),
+        ("negative field", sign_token(SECRET, 7, 42).replace("7.", "-7.", 1)),
+        ("empty", ""),
+        ("garbage", "not-a-token"),
+    ]
+
+
+@pytest.mark.parametrize(("what", "token"), forged_tokens(), ids=[what for what, _ in forged_tokens()])
+def test_forged_or_altered_token_is_refused(what: str, token: str) -> None:
+    assert verify_token(SECRET, token, 2) is None
+
+
+def test_token_with_another_field_count_is_refused() -> None:
+    assert verify_token(SECRET, sign_token(SECRET, 7, 42), 3) is None
+    assert verify_token(SECRET, sign_token(SECRET, 7, 42, 5), 2) is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=(TypeError, ValueError),
+    reason=(
+        "bug: rendering.verify_token line 134 uses str.isdigit (true for '²', '١') and line 138 compares "
+        "str with hmac.compare_digest, which raises TypeError on non-ASCII: a forged token crashes "
+        "instead of returning None"
+    ),
+)
+@pytest.mark.parametrize(
+    "token",
+    ["1.2.é", "².3." + "0" * 32, "١.٢." + sign_token(SECRET, 1, 2).rsplit(".", 1)[1]],
+    ids=["non-ascii-mac", "superscript-digit", "arabic-indic-digits"],
+)
+def test_non_ascii_token_is_refused_not_crashing(token: str) -> None:
+    assert verify_token(SECRET, token, 2) is None
+
+
+def test_tracking_secret_must_be_long_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAMPAIGN_TRACKING_SECRET", "short")
+
+    with pytest.raises(ConfigurationError, match="CAMPAIGN_TRACKING_SECRET must hold a secret of at least 16"):
+        tracking_secret()
+
+    monkeypatch.setenv("CAMPAIGN_TRACKING_SECRET", "x" * 16)
+    assert tracking_secret() == b"x" * 16
