@@ -108,7 +108,7 @@ class Chunk:
 
 def plan_chunks(target_count: int, chunk_size: int | None, max_map_length: int) -> list[Chunk]:
     """Contiguous seq ranges; the chunk size grows so the map never exceeds ``max_map_length``."""
-    size = chunk_size or DEFAULT_CHUNK_SIZE
+    size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
     if size < 1:
         raise InvalidInput(f"chunk_size must be at least 1, got {chunk_size}.")
     size = max(size, math.ceil(target_count / max_map_length))

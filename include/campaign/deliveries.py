@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from email.utils import parseaddr
+from email.utils import getaddresses, parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +92,9 @@ def read_spec(path: str | Path) -> dict[str, Any]:
 
 
 def create_delivery(engine: Engine, spec: dict[str, Any]) -> int:
-    sender_address = parseaddr(str(spec["sender"]))[1]
-    if not is_valid_email(sender_address):
+    sender = str(spec["sender"])
+    sender_address = parseaddr(sender)[1]
+    if "\r" in sender or "\n" in sender or len(getaddresses([sender])) != 1 or not is_valid_email(sender_address):
         raise InvalidInput(f"Sender {spec['sender']!r} is not a valid address.")
     tracking = spec.get("tracking", True)
     if not isinstance(tracking, bool):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,21 @@ def _parse_bool(value: str) -> bool | None:
     return None
 
 
+def _record_start_lines(path: str | Path) -> list[int]:
+    """The file line on which each data record starts, as pandas reads them (blank lines skipped,
+    quoted cells may span lines), so that rejected rows are reported where the user can find them."""
+    starts = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)
+        previous_end = reader.line_num
+        for row in reader:
+            if row:
+                starts.append(previous_end + 1)
+            previous_end = reader.line_num
+    return starts
+
+
 def import_profiles_csv(engine: Engine, path: str | Path) -> ImportReport:
     """Import profiles from a CSV with a header line; bad rows are reported, good rows kept.
 
@@ -63,11 +79,12 @@ def import_profiles_csv(engine: Engine, path: str | Path) -> ImportReport:
             f"Profile file {path} has unknown columns {', '.join(unknown)}; expected {', '.join(PROFILE_COLUMNS)}."
         )
 
+    line_numbers = _record_start_lines(path)
     report = ImportReport()
     rows: list[dict] = []
     seen: set[str] = set()
     for index, record in enumerate(frame.to_dict("records")):
-        line = index + 2  # header is line 1
+        line = line_numbers[index] if index < len(line_numbers) else index + 2
         email = record.get("email", "").strip().lower()
         if not is_valid_email(email):
             report.rejected.append((line, f"invalid email address {record.get('email', '')!r}"))

@@ -102,6 +102,10 @@ def render(templates: CompiledTemplates, context: dict[str, Any], delivery_id: i
             raise TemplateProblem(f"The {name} template of delivery {delivery_id} is not allowed: {exc}") from None
         except TemplateError as exc:
             raise TemplateProblem(f"The {name} template of delivery {delivery_id} does not render: {exc}") from None
+        except Exception as exc:  # e.g. arithmetic on a profile's value inside the template
+            raise TemplateProblem(
+                f"The {name} template of delivery {delivery_id} does not render: {type(exc).__name__}: {exc}"
+            ) from None
     # A subject is one header line; a newline there would let a profile inject headers.
     parts["subject"] = " ".join(parts["subject"].split())
     return RenderedMessage(**parts)
@@ -130,6 +134,8 @@ def sign_token(secret: bytes, *fields: int) -> str:
 
 def verify_token(secret: bytes, token: str, field_count: int) -> tuple[int, ...] | None:
     """The fields of a valid token, or None for anything forged, truncated or altered."""
+    if not token.isascii():
+        return None
     pieces = token.split(".")
     if len(pieces) != field_count + 1 or not all(p.isdigit() for p in pieces[:-1]):
         return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import (
+from e2e_support import (
     SPEC,
     broad_logs,
     delivery_row,

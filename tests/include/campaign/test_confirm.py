@@ -75,14 +75,6 @@ def test_plan_chunks_refuses_a_chunk_size_below_one(size: int) -> None:
         plan_chunks(10, size, 1024)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason=(
-        "bug: confirm.plan_chunks line 104 `chunk_size or DEFAULT_CHUNK_SIZE` turns 0 into 1000 instead of "
-        "refusing it; use `DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size`"
-    ),
-)
 def test_plan_chunks_refuses_a_zero_chunk_size() -> None:
     with pytest.raises(InvalidInput, match="chunk_size must be at least 1, got 0"):
         plan_chunks(10, 0, 1024)

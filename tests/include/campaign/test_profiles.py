@@ -210,14 +210,6 @@ def test_reimport_of_a_large_file_finds_every_existing_address(campaign_db, writ
     assert len(stored_profiles(campaign_db.engine)) == 1200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "bug: profiles.py line 70 numbers rows as index + 2, but pandas skips blank lines and reads "
-        "quoted multi-line cells as one row, so every later line number is off"
-    ),
-)
 @pytest.mark.parametrize(
     ("content", "bad_line"),
     [

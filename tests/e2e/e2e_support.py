@@ -1,0 +1,147 @@
+"""Seeding and reading helpers for the end-to-end tests (real Airflow runs)."""
+
+from __future__ import annotations
+
+import mailbox
+from collections import Counter
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from pathlib import Path
+
+from sqlalchemy import select, text, update
+
+from campaign import deliveries, operators
+from campaign.clock import utcnow
+from campaign.schema import ROLE_START_DELIVERIES, profiles
+
+DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
+
+SPEC = {
+    "label": "E2E delivery",
+    "sender": "Shop <news@shop.test>",
+    "subject": "Offer for {{ profile.first_name }}",
+    "text": "Hello {{ profile.first_name }} {{ profile.last_name }}, your code is {{ profile.id }}.",
+    "html": "<p>Hello <b>{{ profile.first_name }}</b> {{ profile.last_name }}, code {{ profile.id }}.</p>",
+}
+
+
+@dataclass
+class Audience:
+    delivery_id: int
+    good: list[str] = field(default_factory=list)
+    hard: list[str] = field(default_factory=list)
+    soft: list[str] = field(default_factory=list)
+    malformed: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.good) + len(self.hard) + len(self.soft) + len(self.malformed) + len(self.ignored)
+
+
+def add_profiles(engine, emails: list[str]) -> None:
+    if not emails:
+        return
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(
+            profiles.insert(),
+            [
+                {
+                    "email": e,
+                    "first_name": f"First{i}",
+                    "last_name": f"Last{i}",
+                    "blocklisted": False,
+                    "created_at": now,
+                }
+                for i, e in enumerate(emails)
+            ],
+        )
+
+
+def seed_delivery(
+    engine,
+    good: int,
+    hard: int = 0,
+    soft: int = 0,
+    malformed: int = 0,
+    blocklisted_after_prepare: int = 0,
+    spec: dict | None = None,
+    operator: str = "dag_test",
+    approve: bool = True,
+) -> Audience:
+    """Profiles, an operator with the role (dag.test runs as 'dag_test'), a prepared delivery."""
+    operators.create_operator(engine, operator)
+    operators.grant_role(engine, operator, ROLE_START_DELIVERIES)
+    with engine.begin() as conn:
+        offset = conn.execute(text("SELECT COUNT(*) FROM profiles")).scalar_one()
+    audience = Audience(0)
+    audience.good = [f"person{offset + i}@example.test" for i in range(good)]
+    audience.hard = [f"gone{offset + i}@hard-bounce.test" for i in range(hard)]
+    audience.soft = [f"busy{offset + i}@soft-bounce.test" for i in range(soft)]
+    # Imported before validation existed: the send must record it as failed without calling SMTP.
+    audience.malformed = [f"broken{offset + i}@@example.test" for i in range(malformed)]
+    audience.ignored = [f"optout{offset + i}@example.test" for i in range(blocklisted_after_prepare)]
+    add_profiles(engine, audience.good + audience.hard + audience.soft + audience.malformed + audience.ignored)
+    audience.delivery_id = deliveries.create_delivery(engine, spec or SPEC)
+    deliveries.prepare_delivery(engine, audience.delivery_id, "preparer")
+    if approve:
+        deliveries.approve_delivery(engine, audience.delivery_id, "approver")
+    if audience.ignored:
+        with engine.begin() as conn:
+            conn.execute(update(profiles).where(profiles.c.email.in_(audience.ignored)).values(blocklisted=True))
+    return audience
+
+
+def received(maildir: Path) -> list:
+    """Every mail the SMTP server stored, parsed."""
+    if not (maildir / "new").exists():
+        return []
+    box = mailbox.Maildir(str(maildir), create=False)
+    return [message_from_bytes(box.get_bytes(key), policy=policy.default) for key in box.keys()]
+
+
+def mails_per_recipient(maildir: Path) -> Counter:
+    return Counter(str(m["To"]).lower() for m in received(maildir))
+
+
+def broad_logs(engine, delivery_id: int) -> dict[str, dict]:
+    with engine.begin() as conn:
+        rows = conn.execute(text("SELECT * FROM broad_logs WHERE delivery_id = :d"), {"d": delivery_id}).mappings()
+        return {row["email"]: dict(row) for row in rows}
+
+
+def delivery_row(engine, delivery_id: int) -> dict:
+    with engine.begin() as conn:
+        return dict(conn.execute(text("SELECT * FROM deliveries WHERE id = :d"), {"d": delivery_id}).mappings().one())
+
+
+def kpi_row(engine, delivery_id: int) -> dict | None:
+    with engine.begin() as conn:
+        row = conn.execute(text("SELECT * FROM delivery_kpis WHERE delivery_id = :d"), {"d": delivery_id}).mappings()
+        first = row.first()
+        return dict(first) if first else None
+
+
+def quarantined(engine, emails: list[str]) -> set[str]:
+    with engine.begin() as conn:
+        rows = conn.execute(
+            select(profiles.c.email).where(profiles.c.email.in_(emails), profiles.c.quarantine_reason.is_not(None))
+        )
+        return set(rows.scalars())
+
+
+def task_states(dag_run) -> dict[str, list[str]]:
+    """task_id -> states of its instances (several for mapped tasks) after a dag.test() run."""
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter(
+            TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id
+        )
+        states: dict[str, list[str]] = {}
+        for ti in tis:
+            states.setdefault(ti.task_id, []).append(str(getattr(ti.state, "value", ti.state)))
+            states.setdefault(f"{ti.task_id}#tries", []).append(str(ti.try_number))
+        return states
