@@ -11,11 +11,9 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,16 +38,11 @@ os.environ.update(
 )
 sys.path.insert(0, str(ROOT / "include"))
 
+from testsupport import free_port  # noqa: E402
+
 from campaign.db import make_engine  # noqa: E402
 from campaign.devsmtp import start_server  # noqa: E402
 from campaign.schema import create_schema  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 # ---------------------------------------------------------------- PostgreSQL server
 
@@ -224,13 +217,3 @@ def airflow_db() -> Path:
     subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True)
     subprocess.run([airflow, "pools", "set", "campaign_smtp", "8", "test"], check=True, capture_output=True)
     return _AIRFLOW_HOME
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
