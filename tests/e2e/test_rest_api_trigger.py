@@ -20,6 +20,7 @@ import httpx
 import psutil
 import pytest
 from e2e_support import DAGS_FOLDER, broad_logs, delivery_row, kpi_row, mails_per_recipient, seed_delivery
+from sqlalchemy import text
 from testsupport import free_port, wait_for
 
 from campaign import operators
@@ -50,7 +51,7 @@ class LiveAirflow:
         return response.json()["access_token"]
 
     def api(self, method: str, path: str, user: str, **kwargs) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.token(user)}"}
+        headers = {"Authorization": f"Bearer {self.token(user)}", **kwargs.pop("headers", {})}
         return self.http.request(method, f"/api/v2{path}", headers=headers, **kwargs)
 
     def trigger(self, user: str, conf: dict) -> str:
@@ -148,9 +149,17 @@ def live_airflow(airflow_db) -> LiveAirflow:
         engine.dispose()
 
 
+def fresh_delivery(engine, **kwargs):
+    """The module shares one database: earlier tests' profiles are blocklisted so that each
+    delivery targets only its own audience."""
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE profiles SET blocklisted = TRUE"))
+    return seed_delivery(engine, operator="alice", **kwargs)
+
+
 def test_operator_without_the_role_is_refused_and_nothing_is_sent(live_airflow):
     engine = live_airflow.engine
-    audience = seed_delivery(engine, good=12, operator="alice")
+    audience = fresh_delivery(engine, good=12)
     operators.create_operator(engine, "bob")
     accepted_before = sum(live_airflow.sink.accepted.values())
 
@@ -172,7 +181,7 @@ def test_operator_without_the_role_is_refused_and_nothing_is_sent(live_airflow):
 
 def test_operator_with_the_role_sends(live_airflow):
     engine = live_airflow.engine
-    audience = seed_delivery(engine, good=30, hard=1, operator="alice")
+    audience = fresh_delivery(engine, good=30, hard=1)
 
     run_id = live_airflow.trigger("alice", {"delivery_id": audience.delivery_id, "confirm": True, "chunk_size": 10})
     run = live_airflow.wait_for_run(run_id)
@@ -190,7 +199,7 @@ def test_worker_killed_mid_chunk_is_retried_within_the_duplicate_bound(live_airf
     """SIGKILL the task process after 150 accepted mails of a 400-recipient chunk; the scheduler
     retries it and the retry skips everyone already logged."""
     engine = live_airflow.engine
-    audience = seed_delivery(engine, good=400, operator="alice")
+    audience = fresh_delivery(engine, good=400)
     targets = set(audience.good)
     killed: list[int] = []
     lock = threading.Lock()
