@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -14,9 +12,9 @@ from urllib.parse import quote
 from jinja2 import StrictUndefined, TemplateError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
-from campaign.errors import ConfigurationError, TemplateProblem
+from campaign.errors import TemplateProblem
+from campaign.tokens import sign_token
 
-TRACKING_SECRET_ENV = "CAMPAIGN_TRACKING_SECRET"
 TRACKING_BASE_URL_ENV = "CAMPAIGN_TRACKING_BASE_URL"
 DEFAULT_TRACKING_BASE_URL = "http://localhost:8080/campaign"
 
@@ -111,37 +109,8 @@ def render(templates: CompiledTemplates, context: dict[str, Any], delivery_id: i
     return RenderedMessage(**parts)
 
 
-def tracking_secret() -> bytes:
-    secret = os.environ.get(TRACKING_SECRET_ENV, "")
-    if len(secret) < 16:
-        raise ConfigurationError(
-            f"Environment variable {TRACKING_SECRET_ENV} must hold a secret of at least 16 characters "
-            "(it signs unsubscribe and tracking tokens)."
-        )
-    return secret.encode()
-
-
 def tracking_base_url() -> str:
     return os.environ.get(TRACKING_BASE_URL_ENV, DEFAULT_TRACKING_BASE_URL).rstrip("/")
-
-
-def sign_token(secret: bytes, *fields: int) -> str:
-    """A URL-safe token for (delivery, profile[, link]) that only the holder of the secret can forge."""
-    payload = ".".join(str(f) for f in fields)
-    mac = hmac.new(secret, payload.encode(), hashlib.sha256).hexdigest()[:32]
-    return f"{payload}.{mac}"
-
-
-def verify_token(secret: bytes, token: str, field_count: int) -> tuple[int, ...] | None:
-    """The fields of a valid token, or None for anything forged, truncated or altered."""
-    if not token.isascii():
-        return None
-    pieces = token.split(".")
-    if len(pieces) != field_count + 1 or not all(p.isdigit() for p in pieces[:-1]):
-        return None
-    fields = tuple(int(p) for p in pieces[:-1])
-    expected = sign_token(secret, *fields)
-    return fields if hmac.compare_digest(expected, token) else None
 
 
 def sender_domain(sender: str) -> str:
@@ -163,7 +132,7 @@ def build_email(
     base_url: str,
 ) -> EmailMessage:
     domain = sender_domain(content.sender)
-    token = sign_token(secret, content.delivery_id, profile_id)
+    token = sign_token(secret, "unsubscribe", content.delivery_id, profile_id)
     message = EmailMessage()
     message["From"] = content.sender
     message["To"] = recipient_email

@@ -34,8 +34,8 @@ from campaign.rendering import (
     recipient_context,
     render,
     tracking_base_url,
-    tracking_secret,
 )
+from campaign.tokens import tracking_secret
 
 log = logging.getLogger(__name__)
 
