@@ -77,8 +77,14 @@ def confirm_send():
     @says_why
     def start_send(operator: str) -> None:
         params, run_id = _run_params()
-        confirm.start_send(campaign_engine(), params["delivery_id"], operator, run_id)
-        log.info("start_send: delivery %s is sending, confirmed by %s, run %s", params["delivery_id"], operator, run_id)
+        links = confirm.start_send(campaign_engine(), params["delivery_id"], operator, run_id)
+        log.info(
+            "start_send: delivery %s is sending, confirmed by %s, run %s, %s tracked links",
+            params["delivery_id"],
+            operator,
+            run_id,
+            links,
+        )
 
     @task
     @says_why

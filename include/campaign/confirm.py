@@ -22,6 +22,7 @@ from campaign.errors import (
 )
 from campaign.rendering import compile_templates, recipient_context, render
 from campaign.schema import delivery_targets, profiles
+from campaign.tracking import register_links
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +79,20 @@ def validate_delivery(engine: Engine, delivery_id: Any, confirm: Any) -> Deliver
     return delivery
 
 
-def start_send(engine: Engine, delivery_id: int, operator: str, run_id: str) -> None:
-    """Atomically move the delivery from ready to sending for this run, or name the run that owns it."""
+def start_send(engine: Engine, delivery_id: int, operator: str, run_id: str) -> int:
+    """Atomically move the delivery from ready to sending for this run, or name the run that owns it.
+
+    Registers the delivery's tracked links; returns how many.
+    """
     with engine.begin() as conn:
         claimed = conn.execute(
             sql("claim_delivery_for_send"),
             {"delivery_id": delivery_id, "operator": operator, "now": utcnow(), "run_id": run_id},
         ).rowcount
-        if claimed == 1:
-            return
         delivery = get_delivery(conn, delivery_id)
-    if delivery.run_id == run_id and delivery.status in ("sending", "failed"):
-        return  # this task re-runs inside the run that already owns the send
+    # A re-run of this task inside the run that already owns the send carries on.
+    if claimed == 1 or (delivery.run_id == run_id and delivery.status in ("sending", "failed")):
+        return register_links(engine, delivery_id, delivery.html_template) if delivery.tracking else 0
     raise SendConflict(
         f"Delivery {delivery_id} was claimed by another run: {delivery.run_id!r} "
         f"(status {delivery.status}, confirmed by {delivery.confirmed_by}). This run sends nothing."

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
 from typing import Any
 
@@ -36,6 +36,7 @@ from campaign.rendering import (
     tracking_base_url,
 )
 from campaign.tokens import tracking_secret
+from campaign.tracking import Tracker, load_links
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,11 @@ class _ChunkSender:
         self.templates = compile_templates(delivery.content)
         self.secret = tracking_secret()
         self.base_url = tracking_base_url()
+        self.tracker = (
+            Tracker(self.secret, self.base_url, delivery.id, load_links(engine, delivery.id))
+            if delivery.tracking
+            else None
+        )
         self.worker = worker_identity()
         self.sender_address = parseaddr(delivery.sender)[1]
         self.consecutive_message_refusals = 0
@@ -174,6 +180,8 @@ class _ChunkSender:
         except TemplateProblem as exc:
             self.record(recipient, "failed", reason=f"personalisation failed: {exc}")
             return None
+        if self.tracker is not None:
+            rendered = replace(rendered, html=self.tracker.rewrite(rendered.html, recipient["profile_id"]))
         return build_email(
             self.delivery.content, rendered, recipient["email"], recipient["profile_id"], self.secret, self.base_url
         )
