@@ -51,6 +51,15 @@ def campaign_engine() -> Engine:
     return _engine_for(url.render_as_string(hide_password=False))
 
 
+def api_server_campaign_engine() -> Engine:
+    """The campaign database as the API server (not a task) sees Connection ``campaign_db``."""
+    from airflow.models.connection import Connection
+
+    conn = Connection.get_connection_from_secrets(CAMPAIGN_DB_CONN_ID)
+    url = url_from_connection_fields(conn.conn_type, conn.host, conn.schema, conn.login, conn.password, conn.port)
+    return _engine_for(url.render_as_string(hide_password=False))
+
+
 @functools.cache
 def _engine_for(url: str) -> Engine:
     return make_engine(url)
