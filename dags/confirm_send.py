@@ -7,7 +7,7 @@ import time
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from campaign import confirm, operators
+from campaign import confirm, operators, stats
 from campaign.airflow_glue import campaign_engine, campaign_smtp, max_map_length, says_why
 from campaign.sending import send_chunk as send_chunk_of_delivery
 from dag_defaults import DEFAULT_ARGS
@@ -130,7 +130,7 @@ def confirm_send():
         params, run_id = _run_params()
         engine = campaign_engine()
         confirm.require_owned_by_run(engine, params["delivery_id"], run_id)
-        kpis = confirm.compute_kpis(engine, params["delivery_id"])
+        kpis = stats.compute_kpis(engine, params["delivery_id"])
         status = confirm.finish_send(engine, params["delivery_id"], run_id, kpis)
         log.info("aggregate_kpis: delivery %s is %s\n%s", params["delivery_id"], status, confirm.format_kpi_table(kpis))
         if status != "sent":

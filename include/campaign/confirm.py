@@ -126,14 +126,6 @@ def target_count(engine: Engine, delivery_id: int) -> int:
         return conn.execute(sql("count_delivery_targets"), {"delivery_id": delivery_id}).scalar_one()
 
 
-def compute_kpis(engine: Engine, delivery_id: int) -> dict[str, Any]:
-    """Recompute the delivery's KPIs from its logs and store them."""
-    with engine.begin() as conn:
-        kpis = dict(conn.execute(sql("compute_delivery_kpis"), {"delivery_id": delivery_id}).mappings().one())
-        conn.execute(sql("upsert_delivery_kpis"), {**kpis, "delivery_id": delivery_id, "computed_at": utcnow()})
-    return kpis
-
-
 def finish_send(engine: Engine, delivery_id: int, run_id: str, kpis: dict[str, Any]) -> str:
     """Mark the delivery sent when every target has a sending-log row, failed otherwise."""
     served = kpis["processed"] + kpis["ignored"]

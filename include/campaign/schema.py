@@ -166,6 +166,29 @@ tracking_logs = Table(
     CheckConstraint(_in("event_type", EVENT_TYPES), name="tracking_logs_event_type_known"),
 )
 Index("tracking_logs_delivery", tracking_logs.c.delivery_id, tracking_logs.c.event_type)
+Index("tracking_logs_recipient", tracking_logs.c.delivery_id, tracking_logs.c.profile_id)
+
+delivery_engagement = Table(
+    "delivery_engagement",
+    metadata,
+    Column("delivery_id", Id, ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
+    Column("profile_id", Id, ForeignKey("profiles.id"), nullable=False),
+    Column("first_open_at", DateTime(timezone=True), comment="first open or click (a click proves an open)"),
+    Column("first_click_at", DateTime(timezone=True)),
+    Column("clicks", Integer, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("delivery_id", "profile_id"),
+    comment="per-recipient engagement folded from tracking_logs; the KPI counts are its sums",
+)
+
+tracking_watermarks = Table(
+    "tracking_watermarks",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("last_event_id", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=True)),
+    comment="how far tracking_rates_hourly has folded tracking_logs; its row is also the lock of the fold",
+)
 
 delivery_kpis = Table(
     "delivery_kpis",

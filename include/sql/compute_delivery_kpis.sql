@@ -1,4 +1,4 @@
--- Every KPI of one delivery from its targets, sending logs and tracking events.
+-- Every KPI of one delivery from its targets, sending logs and folded engagement.
 -- Rates are fractions; a zero denominator gives NULL.
 WITH logs AS (
     SELECT
@@ -16,10 +16,10 @@ targets AS (
 ),
 engagement AS (
     SELECT
-        COUNT(DISTINCT CASE WHEN event_type IN ('open', 'click') THEN profile_id END) AS unique_opens,
-        COUNT(DISTINCT CASE WHEN event_type = 'click' THEN profile_id END) AS unique_clicks,
-        COUNT(CASE WHEN event_type = 'click' THEN 1 END) AS clicks
-    FROM tracking_logs
+        COUNT(first_open_at) AS unique_opens,
+        COUNT(first_click_at) AS unique_clicks,
+        COALESCE(SUM(clicks), 0) AS clicks
+    FROM delivery_engagement
     WHERE delivery_id = :delivery_id
 )
 SELECT

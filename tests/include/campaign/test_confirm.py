@@ -9,7 +9,6 @@ from campaign.clock import utcnow
 from campaign.confirm import (
     DEFAULT_CHUNK_SIZE,
     Chunk,
-    compute_kpis,
     format_kpi_table,
     plan_chunks,
     start_send,
@@ -18,6 +17,7 @@ from campaign.confirm import (
 from campaign.deliveries import load_delivery, prepare_delivery
 from campaign.errors import DeliveryNotFound, DeliveryStateError, InvalidInput, SendConflict, TemplateProblem
 from campaign.schema import broad_logs, deliveries, delivery_kpis, delivery_targets, tracking_logs
+from campaign.stats import compute_kpis, fold_new_events
 
 # ---------------------------------------------------------------- plan_chunks
 
@@ -275,6 +275,7 @@ def test_compute_kpis_counts_logs_and_engagement(campaign_db, ready_delivery) ->
         ],
     )
     _track(engine, delivery_id, [(ids[0], "open"), (ids[0], "click"), (ids[0], "click"), (ids[1], "open")])
+    fold_new_events(engine, lag_seconds=0)
 
     kpis = compute_kpis(engine, delivery_id)
 

@@ -1,0 +1,1 @@
+DELETE FROM delivery_engagement WHERE delivery_id = :delivery_id

@@ -1,0 +1,11 @@
+-- Compute stats: one delivery's engagement rebuilt from all its tracking events.
+INSERT INTO delivery_engagement (delivery_id, profile_id, first_open_at, first_click_at, clicks, updated_at)
+SELECT delivery_id,
+       profile_id,
+       MIN(CASE WHEN event_type IN ('open', 'click') THEN event_at END),
+       MIN(CASE WHEN event_type = 'click' THEN event_at END),
+       COUNT(CASE WHEN event_type = 'click' THEN 1 END),
+       :now
+FROM tracking_logs
+WHERE delivery_id = :delivery_id AND event_type IN ('open', 'click')
+GROUP BY delivery_id, profile_id

@@ -1,0 +1,1 @@
+SELECT last_event_id FROM tracking_watermarks WHERE name = 'engagement'
