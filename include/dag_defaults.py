@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
 
 from campaign.errors import PermanentError, SmtpUnavailable, TransientError
+
+# Scheduled DAGs start here; with catchup off, only the latest interval runs.
+START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
 
 # Operators can shorten it for a lab relay; tests do, so that retries do not wait a minute.
 RETRY_DELAY = timedelta(seconds=float(os.environ.get("CAMPAIGN_RETRY_DELAY_SECONDS", "60")))

@@ -10,7 +10,7 @@ from airflow.dag_processing.dagbag import DagBag
 from campaign.errors import PermanentError, SmtpUnavailable
 
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
-EXPECTED_DAG_IDS = {"confirm_send"}
+EXPECTED_DAG_IDS = {"confirm_send", "tracking_rates_hourly", "compute_stats"}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_tags_and_retries(dagbag: DagBag, dag_id: str) -> None:
 
 def test_confirm_send_shape(dagbag: DagBag) -> None:
     dag = dagbag.get_dag("confirm_send")
-    assert dag.schedule is None or str(dag.timetable.summary) in ("None", "Never, external triggers only")
+    assert dag.schedule is None
     order = ["check_role", "validate", "start_send", "plan_chunks", "send_chunk", "aggregate_kpis"]
     assert set(dag.task_ids) == set(order)
     for upstream, downstream in zip(order, order[1:], strict=False):
@@ -64,3 +64,16 @@ def test_retry_policy_fails_permanent_errors_and_retries_smtp(dagbag: DagBag) ->
     smtp = next(r for r in policy.rules if r.exception is SmtpUnavailable)
     assert smtp.action.value == "retry" and smtp.reason
     assert all(rule.reason for rule in rules.values())
+
+
+def test_hourly_rates_schedule(dagbag: DagBag) -> None:
+    dag = dagbag.get_dag("tracking_rates_hourly")
+    assert dag.schedule == "@hourly"
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+
+
+def test_compute_stats_is_manual_with_a_form(dagbag: DagBag) -> None:
+    dag = dagbag.get_dag("compute_stats")
+    assert dag.schedule is None
+    assert dag.params["delivery_id"] is None and dag.params["days"] == 7

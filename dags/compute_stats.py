@@ -1,0 +1,59 @@
+"""compute_stats: recompute every KPI from the sending and tracking logs ("Compute stats")."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from campaign import stats
+from campaign.airflow_glue import campaign_engine, says_why
+from dag_defaults import DEFAULT_ARGS
+
+log = logging.getLogger("campaign.compute_stats")
+
+
+@dag(
+    dag_id="compute_stats",
+    schedule=None,
+    catchup=False,
+    default_args=DEFAULT_ARGS,
+    tags=["campaign", "stats"],
+    doc_md=__doc__,
+    params={
+        "delivery_id": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Delivery",
+            description="Recompute this delivery only; leave empty for every delivery confirmed in the last days.",
+        ),
+        "days": Param(
+            7,
+            type="integer",
+            minimum=1,
+            title="Days",
+            description="Without a delivery: recompute the deliveries confirmed in this many last days.",
+        ),
+    },
+)
+def compute_stats():
+    @task
+    @says_why
+    def recompute_kpis() -> dict:
+        started = time.monotonic()
+        params = get_current_context()["params"]
+        engine = campaign_engine()
+        delivery_ids = stats.deliveries_to_recompute(engine, params.get("delivery_id"), params["days"])
+        changes = [(delivery_id, *stats.recompute_delivery(engine, delivery_id)) for delivery_id in delivery_ids]
+        log.info(
+            "recompute_kpis: %s deliveries recomputed from the logs (%.2fs)\n%s",
+            len(changes), time.monotonic() - started, stats.before_after_table(changes),
+        )  # fmt: skip
+        return {"deliveries": delivery_ids}
+
+    recompute_kpis()
+
+
+compute_stats()
