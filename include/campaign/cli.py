@@ -12,7 +12,7 @@ import sys
 
 from sqlalchemy import Engine, select
 
-from campaign import deliveries, demo, operators, profiles
+from campaign import deliveries, demo, operators, profiles, recipients
 from campaign.db import make_engine
 from campaign.errors import CampaignError, ConfigurationError
 from campaign.schema import KNOWN_ROLES, create_schema, operator_roles
@@ -77,6 +77,22 @@ def cmd_profiles_import(args: argparse.Namespace) -> None:
         print(f"  line {line}: {reason}", file=sys.stderr)
     if report.rejected and args.strict:
         sys.exit(1)
+
+
+def cmd_profiles_history(args: argparse.Namespace) -> None:
+    profile, history = profiles.profile_history(_engine(args), args.email)
+    state = "blocklisted" if profile["blocklisted"] else ("quarantined" if profile["quarantine_reason"] else "active")
+    print(f"profile {profile['id']} {profile['email']} ({state}): {len(history)} deliveries")
+    if len(history):
+        print(history.to_string(index=False))
+
+
+def cmd_play_recipients(args: argparse.Namespace) -> None:
+    report = recipients.play(args.maildir, args.open_rate, args.click_rate, args.seed, args.limit)
+    print(
+        f"read {report.mails} mails: {report.opens} opens and {report.clicks} clicks requested, "
+        f"{report.failures} failed; run tracking_rates_hourly (or wait for it) to see the rates move"
+    )
 
 
 def cmd_delivery_create(args: argparse.Namespace) -> None:
@@ -152,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("csv")
     imp.add_argument("--strict", action="store_true", help="exit 1 when any row was rejected")
     imp.set_defaults(func=cmd_profiles_import)
+    history = profile.add_parser("history", help="the deliveries a profile was targeted by, opens and clicks")
+    history.add_argument("email")
+    history.set_defaults(func=cmd_profiles_history)
 
     delivery = commands.add_parser("delivery", help="deliveries before the send").add_subparsers(
         dest="action", required=True
@@ -165,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--by", default=os.environ.get("USER", "cli"), help="operator login recorded")
         sub.set_defaults(func=func)
     delivery.add_parser("list", help="deliveries and their status").set_defaults(func=cmd_delivery_list)
+
+    play_cmd = commands.add_parser("play-recipients", help="open and click mails of the local Maildir over HTTP")
+    play_cmd.add_argument("--maildir", default=os.environ.get("CAMPAIGN_MAILDIR", "var/maildir"))
+    play_cmd.add_argument("--open-rate", type=float, default=0.4)
+    play_cmd.add_argument("--click-rate", type=float, default=0.15)
+    play_cmd.add_argument("--seed", type=int, default=1)
+    play_cmd.add_argument("--limit", type=int, help="read at most this many mails")
+    play_cmd.set_defaults(func=cmd_play_recipients)
 
     demo_cmd = commands.add_parser("demo", help="seed a ready demo")
     demo_cmd.add_argument("--profiles", type=int, default=3000)

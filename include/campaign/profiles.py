@@ -11,6 +11,7 @@ import pandas as pd
 from sqlalchemy import Engine, select
 
 from campaign.clock import utcnow
+from campaign.db import sql
 from campaign.errors import InvalidInput
 from campaign.schema import profiles
 
@@ -120,3 +121,19 @@ def import_profiles_csv(engine: Engine, path: str | Path) -> ImportReport:
     report.imported = len(new_rows)
     report.skipped_existing = len(rows) - len(new_rows)
     return report
+
+
+def profile_history(engine: Engine, email: str) -> tuple[dict, pd.DataFrame]:
+    """The profile with this address and every delivery it was targeted by (newest last)."""
+    with engine.begin() as conn:
+        profile = conn.execute(sql("select_profile_by_email"), {"email": email.strip().lower()}).mappings().first()
+        if profile is None:
+            raise InvalidInput(f"No profile has the address {email!r}.")
+        rows = conn.execute(sql("profile_history"), {"profile_id": profile["id"]}).mappings().all()
+    return dict(profile), pd.DataFrame([dict(r) for r in rows], columns=HISTORY_COLUMNS)
+
+
+HISTORY_COLUMNS = [
+    "delivery_id", "label", "delivery_status", "confirmed_at", "send_status", "failure_type", "reason", "sent_at",
+    "first_open_at", "first_click_at", "clicks",
+]  # fmt: skip
