@@ -1,0 +1,194 @@
+"""From a recipient's mail client to the KPI row: send, open and click over HTTP through the
+tracking app, fold with tracking_rates_hourly, repair with compute_stats (dag.test, both databases)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+import uvicorn
+from e2e_support import DAGS_FOLDER, SPEC, kpi_row, received, seed_delivery, task_states
+from fastapi import FastAPI
+from sqlalchemy import text
+from testsupport import free_port
+
+from campaign import profiles
+from campaign.recipients import tracked_urls
+from campaign.tokens import tracking_secret
+from campaign.tracking_app import create_app
+
+TRACKED_SPEC = {
+    **SPEC,
+    "html": (
+        "<html><body><p>Hello {{ profile.first_name }}</p>"
+        '<a href="https://shop.test/sale?utm=mail&amp;x=1">Sale</a> '
+        '<a href="https://shop.test/account">Account</a> '
+        '<a href="https://shop.test/u/{{ profile.id }}">Personal</a></body></html>'
+    ),
+}
+
+
+@pytest.fixture
+def tracking_server(campaign_db, monkeypatch):
+    """The plugin's tracking app on a real HTTP port, mounted under /campaign like on the API server."""
+    port = free_port()
+    root = FastAPI()
+    root.mount("/campaign", create_app(lambda: campaign_db.engine, tracking_secret))
+    server = uvicorn.Server(uvicorn.Config(root, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    base_url = f"http://127.0.0.1:{port}/campaign"
+    monkeypatch.setenv("CAMPAIGN_TRACKING_BASE_URL", base_url)
+    yield base_url
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def stats_dags(airflow_db, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("CAMPAIGN_TRACKING_LAG_SECONDS", "0")  # read when the DAG file is parsed
+    bag = DagBag(dag_folder=str(DAGS_FOLDER))
+    assert bag.import_errors == {}
+    return bag.get_dag("confirm_send"), bag.get_dag("tracking_rates_hourly"), bag.get_dag("compute_stats")
+
+
+def tracking_rows(engine) -> int:
+    with engine.begin() as conn:
+        return conn.execute(text("SELECT COUNT(*) FROM tracking_logs")).scalar_one()
+
+
+def test_opens_and_clicks_reach_the_kpis(campaign_db, smtp_sink, tracking_server, stats_dags):
+    confirm_send, hourly, compute_stats = stats_dags
+    engine = campaign_db.engine
+    audience = seed_delivery(engine, good=24, hard=1, spec=TRACKED_SPEC)
+    assert confirm_send.test(run_conf={"delivery_id": audience.delivery_id, "confirm": True}).state == "success"
+
+    mails = sorted(received(smtp_sink.maildir), key=lambda m: str(m["To"]))
+    assert len(mails) == 24
+    openers, clickers, clicks = set(), set(), 0
+    with httpx.Client(follow_redirects=False, timeout=10) as http:
+        for index, mail in enumerate(mails):
+            pixel, links = tracked_urls(mail.as_bytes())
+            assert pixel.startswith(tracking_server + "/o/")
+            assert len(links) == 2, "the two literal links are tracked, the personal one is not"
+            assert "https://shop.test/u/" in mail.get_body(("html",)).get_content()
+            address = str(mail["To"])
+            if index % 2 == 0:
+                for _ in range(1 + index % 3):  # some open twice: one unique open
+                    assert http.get(pixel).status_code == 200
+                openers.add(address)
+            if index % 3 == 0:  # some click without the pixel loading: a click proves an open
+                response = http.get(links[0])
+                assert response.status_code == 302
+                assert response.headers["location"] == "https://shop.test/sale?utm=mail&x=1"
+                clickers.add(address)
+                clicks += 1
+            if index % 5 == 0:
+                assert http.get(links[1]).headers["location"] == "https://shop.test/account"
+                clickers.add(address)
+                clicks += 1
+
+    run = hourly.test()
+    assert run.state == "success"
+    kpis = kpi_row(engine, audience.delivery_id)
+    unique_opens = len(openers | clickers)
+    assert (kpis["unique_opens"], kpis["unique_clicks"], kpis["clicks"]) == (unique_opens, len(clickers), clicks)
+    assert kpis["delivered"] == 24
+    assert kpis["open_rate"] == pytest.approx(unique_opens / 24)
+    assert kpis["click_through_rate"] == pytest.approx(len(clickers) / 24)
+    assert kpis["rates_updated_at"] is not None
+
+    # A second run with no new event changes nothing.
+    assert hourly.test().state == "success"
+    assert kpi_row(engine, audience.delivery_id) | {"rates_updated_at": None} == kpis | {"rates_updated_at": None}
+
+    # Events between two runs are counted once: a new opener, and an opener clicking.
+    with httpx.Client(follow_redirects=False, timeout=10) as http:
+        late_pixel, _ = tracked_urls(mails[1].as_bytes())
+        _, late_links = tracked_urls(mails[2].as_bytes())
+        assert http.get(late_pixel).status_code == 200
+        assert http.get(late_links[1]).status_code == 302
+    assert hourly.test().state == "success"
+    after = kpi_row(engine, audience.delivery_id)
+    openers_after = openers | clickers | {str(mails[1]["To"]), str(mails[2]["To"])}
+    clickers_after = clickers | {str(mails[2]["To"])}
+    assert (after["unique_opens"], after["unique_clicks"], after["clicks"]) == (
+        len(openers_after),
+        len(clickers_after),
+        clicks + 1,
+    )
+
+    # Compute stats restores the figures after the stored row was corrupted.
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE delivery_kpis SET delivered = 3, unique_opens = 999, open_rate = 7.5 WHERE delivery_id = :d"),
+            {"d": audience.delivery_id},
+        )
+    run = compute_stats.test(run_conf={"delivery_id": audience.delivery_id})
+    assert run.state == "success"
+    restored = kpi_row(engine, audience.delivery_id)
+    assert (restored["delivered"], restored["unique_opens"], restored["clicks"]) == (24, len(openers_after), clicks + 1)
+    assert restored["open_rate"] == pytest.approx(len(openers_after) / 24)
+
+    # The profile's history shows the delivery with its first open and first click.
+    _, history = profiles.profile_history(engine, str(mails[0]["To"]))
+    [entry] = history.to_dict("records")
+    assert (entry["delivery_id"], entry["send_status"], entry["clicks"]) == (audience.delivery_id, "sent", 2)
+    assert entry["first_open_at"] is not None and entry["first_click_at"] is not None
+
+
+def test_forged_tokens_get_404_and_write_nothing(campaign_db, smtp_sink, tracking_server, stats_dags):
+    confirm_send, _, _ = stats_dags
+    engine = campaign_db.engine
+    first = seed_delivery(engine, good=2, spec=TRACKED_SPEC)
+    assert confirm_send.test(run_conf={"delivery_id": first.delivery_id, "confirm": True}).state == "success"
+    second = seed_delivery(engine, good=2, spec={**TRACKED_SPEC, "html": '<a href="https://evil.test/">x</a>'})
+    assert confirm_send.test(run_conf={"delivery_id": second.delivery_id, "confirm": True}).state == "success"
+    mails = received(smtp_sink.maildir)
+    pixel, links = next(tracked_urls(m.as_bytes()) for m in mails if m["X-Campaign-Delivery"] == str(first.delivery_id))
+    other_pixel, other_links = next(
+        tracked_urls(m.as_bytes()) for m in mails if m["X-Campaign-Delivery"] == str(second.delivery_id)
+    )
+    token = links[0].rsplit("/", 1)[1]
+    delivery, profile, link, mac = token.split(".")
+    other_link = other_links[0].rsplit("/", 1)[1].split(".")[2]
+    base = tracking_server
+    forged = [
+        f"{base}/o/{pixel.rsplit('/', 1)[1][:-2]}",  # truncated
+        f"{base}/o/{delivery}.{int(profile) + 1}.{pixel.rsplit('.', 1)[1]}",  # someone else's open
+        f"{base}/c/{delivery}.{profile}.{other_link}.{mac}",  # another delivery's link, old mac
+        f"{base}/c/{delivery}.{profile}.{link}.{'0' * len(mac)}",  # forged mac
+        f"{base}/c/not-a-token",
+        f"{base}/u/{token}",  # a click token is no unsubscribe token
+    ]
+    before = tracking_rows(engine)
+    with httpx.Client(follow_redirects=False, timeout=10) as http:
+        statuses = Counter(http.get(url).status_code for url in forged)
+        statuses.update([http.post(f"{base}/u/{token}").status_code])
+    assert statuses == Counter({404: len(forged) + 1})
+    assert tracking_rows(engine) == before == 0
+    assert other_pixel
+
+
+def test_zero_delivered_gives_null_rates(campaign_db, smtp_sink, stats_dags):
+    confirm_send, hourly, compute_stats = stats_dags
+    engine = campaign_db.engine
+    audience = seed_delivery(engine, good=0, hard=3, spec=TRACKED_SPEC)
+    assert confirm_send.test(run_conf={"delivery_id": audience.delivery_id, "confirm": True}).state == "success"
+    assert hourly.test().state == "success"
+    run = compute_stats.test(run_conf={"delivery_id": audience.delivery_id})
+
+    assert run.state == "success"
+    assert task_states(run)["recompute_kpis"] == ["success"]
+    kpis = kpi_row(engine, audience.delivery_id)
+    assert (kpis["delivered"], kpis["hard_bounces"]) == (0, 3)
+    assert kpis["open_rate"] is None and kpis["click_through_rate"] is None
+    assert kpis["delivered_rate"] == 0.0
