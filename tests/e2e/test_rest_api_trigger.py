@@ -19,13 +19,23 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from e2e_support import DAGS_FOLDER, broad_logs, delivery_row, kpi_row, mails_per_recipient, seed_delivery
+from e2e_support import (
+    DAGS_FOLDER,
+    SPEC,
+    broad_logs,
+    delivery_row,
+    kpi_row,
+    mails_per_recipient,
+    received,
+    seed_delivery,
+)
 from sqlalchemy import text
 from testsupport import free_port, wait_for
 
 from campaign import operators
 from campaign.db import make_engine
 from campaign.devsmtp import start_server
+from campaign.recipients import tracked_urls
 from campaign.schema import create_schema
 from campaign.sending import DEFAULT_COMMIT_EVERY
 
@@ -119,6 +129,7 @@ def live_airflow(airflow_db) -> LiveAirflow:
             }
         ),
         "CAMPAIGN_RETRY_DELAY_SECONDS": "1",
+        "CAMPAIGN_TRACKING_BASE_URL": f"http://127.0.0.1:{api_port}/campaign",
     }
     airflow = str(venv_bin / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
@@ -193,6 +204,29 @@ def test_operator_with_the_role_sends(live_airflow):
     assert (delivery["status"], delivery["confirmed_by"], delivery["run_id"]) == ("sent", "alice", run_id)
     kpis = kpi_row(engine, audience.delivery_id)
     assert (kpis["to_deliver"], kpis["delivered"], kpis["hard_bounces"]) == (31, 30, 1)
+
+
+def test_the_api_server_serves_the_tracking_endpoints(live_airflow):
+    """The plugin is loaded by the real API server: a mail's pixel and link answer there, without login."""
+    engine = live_airflow.engine
+    spec = {**SPEC, "html": '<html><body><a href="https://shop.test/x">x</a></body></html>'}
+    audience = fresh_delivery(engine, good=3, spec=spec)
+    run_id = live_airflow.trigger("alice", {"delivery_id": audience.delivery_id, "confirm": True})
+    assert live_airflow.wait_for_run(run_id)["state"] == "success"
+    mail = next(m for m in received(live_airflow.maildir) if m["X-Campaign-Delivery"] == str(audience.delivery_id))
+    pixel, links = tracked_urls(mail.as_bytes())
+    assert pixel.startswith(live_airflow.base_url + "/campaign/o/")
+
+    assert live_airflow.http.get(pixel).headers["content-type"] == "image/gif"
+    click = live_airflow.http.get(links[0], follow_redirects=False)
+    assert (click.status_code, click.headers["location"]) == (302, "https://shop.test/x")
+    assert live_airflow.http.get(pixel[:-3] + "000").status_code == 404
+    with engine.begin() as conn:
+        events = conn.execute(
+            text("SELECT event_type, COUNT(*) FROM tracking_logs WHERE delivery_id = :d GROUP BY event_type"),
+            {"d": audience.delivery_id},
+        ).all()
+    assert dict(events) == {"open": 1, "click": 1}
 
 
 def test_worker_killed_mid_chunk_is_retried_within_the_duplicate_bound(live_airflow):
