@@ -148,7 +148,8 @@ def before_after_table(changes: list[tuple[int, dict[str, Any] | None, dict[str,
                 rows.append({"delivery": delivery_id, "kpi": column, "before": old, "after": new})
     if not rows:
         return "no KPI changed"
-    return pd.DataFrame(rows).to_string(index=False)
+    # object dtype: counts stay integers and missing values read None in a column mixing both
+    return pd.DataFrame(rows, dtype=object).to_string(index=False)
 
 
 def _same(old: Any, new: Any) -> bool:

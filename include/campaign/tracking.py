@@ -18,7 +18,7 @@ from campaign.tokens import sign_token, verify_token
 
 # Links worth tracking are literal http(s) URLs in an anchor; a URL built from template
 # variables is personal and is left as it is (a link row per recipient would be meaningless).
-_ANCHOR_HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
+_ANCHOR_HREF = re.compile(r"""(<a\b[^>]*?\shref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 MAX_USER_AGENT = 500
 

@@ -47,7 +47,8 @@ def create_app(engine_provider: Callable[[], Engine], secret_provider: Callable[
     def engine() -> Engine:
         if "engine" not in state:
             with lock:
-                state.setdefault("engine", engine_provider())
+                if "engine" not in state:
+                    state["engine"] = engine_provider()
         return state["engine"]  # type: ignore[return-value]
 
     def user_agent(request: Request) -> str | None:

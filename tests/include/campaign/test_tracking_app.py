@@ -1,0 +1,364 @@
+"""The public tracking endpoints over real HTTP (uvicorn on a loopback port): open pixel, click
+redirect, unsubscribe page and form; forged tokens get 404 and write nothing."""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import Engine, func, select
+from testsupport import free_port
+
+from campaign import deliveries as delivery_steps
+from campaign.clock import utcnow
+from campaign.db import make_engine
+from campaign.schema import profiles, tracking_logs
+from campaign.tokens import sign_token
+from campaign.tracking import load_links, register_links
+from campaign.tracking_app import create_app
+
+SECRET = b"tracking-app-test-secret-0123456789"
+SALE = "https://shop.test/sale?utm=spring&x=1"
+ACCOUNT = "https://shop.test/account"
+ELSEWHERE = "https://elsewhere.test/phish"
+HTML = '<html><body><a href="https://shop.test/sale?utm=spring&amp;x=1">Sale</a><a href="{account}">A</a></body></html>'
+AGENT = "CampaignTestMail/1.0"
+
+# ---------------------------------------------------------------- a real HTTP server
+
+
+@contextmanager
+def _serve(app) -> Iterator[str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                server.should_exit = True
+                raise RuntimeError(f"the tracking app did not start on port {port}") from None
+            time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@dataclass
+class Site:
+    engine: Engine
+    http: httpx.Client
+    base_url: str
+    provider_calls: list[int]
+    delivery: int  # targets alice and bob; links SALE, ACCOUNT
+    other: int  # targets alice and bob; link ELSEWHERE
+    alice: int
+    bob: int
+    outsider: int  # a target of neither
+    links: dict[str, int]
+    other_links: dict[str, int]
+
+    def click(self, link: str, profile: int | None = None) -> str:
+        return sign_token(SECRET, "click", self.delivery, profile or self.alice, self.links[link])
+
+    def open(self, profile: int | None = None) -> str:
+        return sign_token(SECRET, "open", self.delivery, profile or self.alice)
+
+    def unsubscribe(self, profile: int | None = None) -> str:
+        return sign_token(SECRET, "unsubscribe", self.delivery, profile or self.alice)
+
+
+def _add_profile(engine: Engine, email: str) -> int:
+    with engine.begin() as conn:
+        return conn.execute(
+            profiles.insert().values(email=email, blocklisted=False, created_at=utcnow())
+        ).inserted_primary_key[0]
+
+
+def _prepared(engine: Engine, html: str) -> int:
+    spec = {"label": "Spring sale", "sender": "news@shop.test", "subject": "Hi", "text": "Hi\n", "html": html}
+    delivery_id = delivery_steps.create_delivery(engine, spec)
+    delivery_steps.prepare_delivery(engine, delivery_id, "alice")
+    register_links(engine, delivery_id, html)
+    return delivery_id
+
+
+@contextmanager
+def _site(engine: Engine, provider: Callable[[], Engine] | None = None) -> Iterator[Site]:
+    alice = _add_profile(engine, "alice@example.test")
+    bob = _add_profile(engine, "bob@example.test")
+    delivery = _prepared(engine, HTML.format(account=ACCOUNT))
+    other = _prepared(engine, f'<a href="{ELSEWHERE}">Win</a>')
+    outsider = _add_profile(engine, "outsider@example.test")
+    calls: list[int] = []
+
+    def counting_provider() -> Engine:
+        calls.append(1)
+        return provider() if provider else engine
+
+    app = create_app(counting_provider, lambda: SECRET)
+    with (
+        _serve(app) as base_url,
+        httpx.Client(base_url=base_url, follow_redirects=False, timeout=10, headers={"User-Agent": AGENT}) as http,
+    ):
+        yield Site(
+            engine,
+            http,
+            base_url,
+            calls,
+            delivery,
+            other,
+            alice,
+            bob,
+            outsider,
+            load_links(engine, delivery),
+            load_links(engine, other),
+        )
+
+
+@pytest.fixture
+def site(sqlite_db) -> Iterator[Site]:
+    with _site(sqlite_db.engine) as site:
+        yield site
+
+
+def _rows(engine: Engine) -> list[tuple]:
+    with engine.begin() as conn:
+        return [
+            (row.delivery_id, row.profile_id, row.event_type, row.link_id, row.user_agent)
+            for row in conn.execute(select(tracking_logs).order_by(tracking_logs.c.id))
+        ]
+
+
+def _count(engine: Engine) -> int:
+    with engine.begin() as conn:
+        return conn.execute(select(func.count()).select_from(tracking_logs)).scalar_one()
+
+
+def _blocklisted(engine: Engine) -> dict[int, bool]:
+    with engine.begin() as conn:
+        return {row.id: row.blocklisted for row in conn.execute(select(profiles.c.id, profiles.c.blocklisted))}
+
+
+def _assert_not_found(response: httpx.Response) -> None:
+    assert response.status_code == 404, (response.request.method, response.request.url, response.status_code)
+    assert response.text == "Not found"
+    assert "location" not in response.headers
+    assert "no-store" in response.headers["cache-control"]
+
+
+# ---------------------------------------------------------------- genuine tokens
+
+
+def test_open_pixel_returns_a_transparent_gif_and_records_the_open(site: Site) -> None:
+    response = site.http.get(f"/o/{site.open(site.bob)}")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/gif"
+    assert response.content.startswith(b"GIF89a")
+    assert response.content[6:10] == b"\x01\x00\x01\x00"  # 1 x 1
+    assert "no-store" in response.headers["cache-control"]
+    assert _rows(site.engine) == [(site.delivery, site.bob, "open", None, AGENT)]
+
+
+def test_click_redirects_to_the_registered_url_and_records_the_click(site: Site) -> None:
+    response = site.http.get(f"/c/{site.click(SALE)}")
+
+    assert response.status_code == 302
+    assert response.headers["location"] == SALE
+    assert "no-store" in response.headers["cache-control"]
+    assert _rows(site.engine) == [(site.delivery, site.alice, "click", site.links[SALE], AGENT)]
+
+    response = site.http.get(f"/c/{site.click(ACCOUNT, site.bob)}")
+    assert (response.status_code, response.headers["location"]) == (302, ACCOUNT)
+    assert _count(site.engine) == 2
+
+
+def test_unsubscribe_page_shows_a_form_and_changes_nothing(site: Site) -> None:
+    token = site.unsubscribe()
+    blocklisted = _blocklisted(site.engine)
+
+    response = site.http.get(f"/u/{token}")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert "<title>Unsubscribe</title>" in response.text
+    assert f'<form method="post" action="{token}"><button type="submit">Unsubscribe</button></form>' in response.text
+    assert _count(site.engine) == 0
+    assert _blocklisted(site.engine) == blocklisted
+
+
+def test_unsubscribe_form_post_records_and_blocklists(site: Site) -> None:
+    page_url = f"{site.base_url}/u/{site.unsubscribe(site.bob)}"
+    page = site.http.get(page_url)
+    action = re.search(r'<form method="post" action="([^"]+)">', page.text).group(1)
+
+    response = site.http.post(urljoin(page_url, action))  # where a browser submits the form
+
+    assert response.status_code == 200
+    assert "You are unsubscribed" in response.text
+    assert "no-store" in response.headers["cache-control"]
+    assert _rows(site.engine) == [(site.delivery, site.bob, "unsubscribe", None, AGENT)]
+    assert _blocklisted(site.engine) == {site.alice: False, site.bob: True, site.outsider: False}
+
+
+# ---------------------------------------------------------------- forged tokens and open redirects
+
+
+def _bad_tokens(site: Site, purpose: str) -> dict[str, str]:
+    ids = [site.delivery, site.alice] + ([site.links[SALE]] if purpose == "click" else [])
+    good = sign_token(SECRET, purpose, *ids)
+    payload, mac = good.rsplit(".", 1)
+    other_purpose = "open" if purpose != "open" else "unsubscribe"
+    return {
+        "forged": f"{payload}.{'f' * 32}",
+        "tampered": ".".join([str(site.delivery), str(site.bob), *payload.split(".")[2:], mac]),
+        "truncated": good[:-2],
+        "other_secret": sign_token(b"not-the-tracking-secret-at-all", purpose, *ids),
+        "other_purpose": sign_token(SECRET, other_purpose, site.delivery, site.alice),
+        "not_a_target": sign_token(SECRET, purpose, site.delivery, site.outsider, *ids[2:]),
+        "unknown_delivery": sign_token(SECRET, purpose, site.other + 1000, site.alice, *ids[2:]),
+        "garbage": "hello",
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "prefix", "purpose"), [("GET", "o", "open"), ("GET", "c", "click"), ("POST", "u", "unsubscribe")]
+)
+def test_bad_tokens_get_404_and_write_nothing(site: Site, method: str, prefix: str, purpose: str) -> None:
+    blocklisted = _blocklisted(site.engine)
+
+    statuses = {
+        case: site.http.request(method, f"/{prefix}/{token}").status_code
+        for case, token in _bad_tokens(site, purpose).items()
+    }
+
+    assert statuses == dict.fromkeys(statuses, 404)
+    _assert_not_found(site.http.request(method, f"/{prefix}/{_bad_tokens(site, purpose)['forged']}"))
+    assert _count(site.engine) == 0
+    assert _blocklisted(site.engine) == blocklisted
+
+
+def test_unsubscribe_page_of_a_forged_token_is_404(site: Site) -> None:
+    bad = _bad_tokens(site, "unsubscribe")
+
+    for case in ("forged", "tampered", "truncated", "other_secret", "other_purpose", "garbage"):
+        _assert_not_found(site.http.get(f"/u/{bad[case]}"))
+
+
+def test_no_open_redirect_through_a_link_of_another_delivery(site: Site) -> None:
+    foreign = {
+        "link_of_another_delivery": (site.delivery, site.alice, site.other_links[ELSEWHERE]),
+        "own_link_under_another_delivery": (site.other, site.alice, site.links[SALE]),
+        "unknown_link": (site.delivery, site.alice, site.other_links[ELSEWHERE] + 1000),
+    }
+
+    for ids in foreign.values():
+        _assert_not_found(site.http.get(f"/c/{sign_token(SECRET, 'click', *ids)}"))
+
+    assert _count(site.engine) == 0
+    own = site.http.get(f"/c/{sign_token(SECRET, 'click', site.other, site.bob, site.other_links[ELSEWHERE])}")
+    assert (own.status_code, own.headers["location"]) == (302, ELSEWHERE)  # only with the other delivery's own token
+
+
+def test_unknown_paths_and_methods_are_refused(site: Site) -> None:
+    assert site.http.get("/").status_code == 404
+    assert site.http.get("/c/").status_code == 404
+    assert site.http.post(f"/o/{site.open()}").status_code == 405
+    assert site.http.delete(f"/u/{site.unsubscribe()}").status_code == 405
+    assert _count(site.engine) == 0
+
+
+# ---------------------------------------------------------------- the engine
+
+
+def test_the_engine_is_made_once_on_first_use(site: Site) -> None:
+    assert site.provider_calls == []
+    assert site.http.get(f"/u/{site.unsubscribe()}").status_code == 200  # shows a page, needs no database
+    assert site.provider_calls == []
+
+    for _ in range(5):
+        assert site.http.get(f"/o/{site.open()}").status_code == 200
+        assert site.http.get(f"/c/{site.click(SALE)}").status_code == 302
+        assert site.http.get(f"/o/{'1.2.' + '0' * 32}").status_code == 404
+    assert site.http.post(f"/u/{site.unsubscribe(site.bob)}").status_code == 200
+
+    assert len(site.provider_calls) == 1
+    assert _count(site.engine) == 11
+
+
+def test_the_engine_is_made_once_under_concurrent_first_requests(sqlite_db) -> None:
+    def slow_provider() -> Engine:
+        time.sleep(0.25)  # making an engine takes time (Airflow connection lookup)
+        return sqlite_db.engine
+
+    with _site(sqlite_db.engine, slow_provider) as site:
+        tokens = [site.open(site.alice), site.open(site.bob)] * 2
+        barrier = threading.Barrier(len(tokens))
+        statuses: list[int] = []
+
+        def hit(token: str) -> None:
+            with httpx.Client(base_url=site.base_url, timeout=10) as http:
+                barrier.wait()
+                statuses.append(http.get(f"/o/{token}").status_code)
+
+        threads = [threading.Thread(target=hit, args=(t,)) for t in tokens]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+
+        assert statuses == [200] * len(tokens)
+        assert _count(site.engine) == len(tokens)
+        assert len(site.provider_calls) == 1
+
+
+def test_a_database_error_is_503_not_a_crash(sqlite_db, tmp_path) -> None:
+    empty = make_engine(f"sqlite:///{tmp_path / 'no-schema.db'}")  # no tables: every query fails
+    try:
+        with _site(sqlite_db.engine, lambda: empty) as site:
+            response = site.http.get(f"/o/{site.open()}")
+            assert response.status_code == 503
+            assert response.text == "Temporarily unavailable"
+            assert site.http.get(f"/c/{site.click(SALE)}").status_code == 503
+            assert site.http.get(f"/u/{site.unsubscribe()}").status_code == 200  # the page needs no database
+            assert _count(sqlite_db.engine) == 0
+    finally:
+        empty.dispose()
+
+
+# ---------------------------------------------------------------- both databases
+
+
+def test_open_click_unsubscribe_on_each_database(campaign_db) -> None:
+    with _site(campaign_db.engine) as site:
+        assert site.http.get(f"/o/{site.open()}").status_code == 200
+        click = site.http.get(f"/c/{site.click(ACCOUNT)}")
+        assert (click.status_code, click.headers["location"]) == (302, ACCOUNT)
+        _assert_not_found(
+            site.http.get(f"/c/{sign_token(SECRET, 'click', site.delivery, site.alice, site.other_links[ELSEWHERE])}")
+        )
+        assert site.http.post(f"/u/{site.unsubscribe(site.bob)}").status_code == 200
+
+        assert _rows(campaign_db.engine) == [
+            (site.delivery, site.alice, "open", None, AGENT),
+            (site.delivery, site.alice, "click", site.links[ACCOUNT], AGENT),
+            (site.delivery, site.bob, "unsubscribe", None, AGENT),
+        ]
+        assert _blocklisted(campaign_db.engine)[site.bob] is True
+        assert len(site.provider_calls) == 1
