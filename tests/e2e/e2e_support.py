@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import mailbox
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from pathlib import Path
 
+import httpx
 from sqlalchemy import select, text, update
+from testsupport import wait_for
 
 from campaign import deliveries, operators
 from campaign.clock import utcnow
@@ -145,3 +149,59 @@ def task_states(dag_run) -> dict[str, list[str]]:
             states.setdefault(ti.task_id, []).append(str(getattr(ti.state, "value", ti.state)))
             states.setdefault(f"{ti.task_id}#tries", []).append(str(ti.try_number))
         return states
+
+
+PASSWORDS = {"alice": "alice-pw-" + os.urandom(4).hex(), "bob": "bob-pw-" + os.urandom(4).hex()}
+RUN_TIMEOUT = 240
+
+
+class LiveAirflow:
+    def __init__(self, base_url: str, engine, sink_handler, maildir: Path, log_path: Path) -> None:
+        self.base_url = base_url
+        self.engine = engine
+        self.sink = sink_handler
+        self.maildir = maildir
+        self.log_path = log_path
+        self.http = httpx.Client(base_url=base_url, timeout=30)
+
+    def token(self, user: str) -> str:
+        response = self.http.post("/auth/token", json={"username": user, "password": PASSWORDS[user]})
+        response.raise_for_status()
+        return response.json()["access_token"]
+
+    def api(self, method: str, path: str, user: str, **kwargs) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token(user)}", **kwargs.pop("headers", {})}
+        return self.http.request(method, f"/api/v2{path}", headers=headers, **kwargs)
+
+    def trigger(self, user: str, conf: dict) -> str:
+        response = self.api("POST", "/dags/confirm_send/dagRuns", user, json={"logical_date": None, "conf": conf})
+        assert response.status_code == 200, response.text
+        return response.json()["dag_run_id"]
+
+    def wait_for_run(self, run_id: str, user: str = "alice") -> dict:
+        def finished():
+            run = self.api("GET", f"/dags/confirm_send/dagRuns/{run_id}", user).json()
+            return run if run["state"] in ("success", "failed") else None
+
+        return wait_for(finished, RUN_TIMEOUT, interval=1, what=f"run {run_id} to finish")
+
+    def task_instances(self, run_id: str, user: str = "alice") -> dict[str, dict]:
+        body = self.api("GET", f"/dags/confirm_send/dagRuns/{run_id}/taskInstances", user).json()
+        return {f"{ti['task_id']}[{ti['map_index']}]": ti for ti in body["task_instances"]}
+
+    def task_log(self, run_id: str, task_id: str, try_number: int, user: str = "alice") -> str:
+        response = self.api(
+            "GET",
+            f"/dags/confirm_send/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+            user,
+            headers={"Accept": "application/json"},
+        )
+        return json.dumps(response.json())
+
+
+def fresh_delivery(engine, **kwargs):
+    """The module shares one database: earlier tests' profiles are blocklisted so that each
+    delivery targets only its own audience."""
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE profiles SET blocklisted = TRUE"))
+    return seed_delivery(engine, operator="alice", **kwargs)

@@ -1,0 +1,111 @@
+"""The Deployment view: deliveries with progress and KPIs, a page per delivery and per profile,
+and a JSON API with the same figures. Every route needs an authenticated Airflow user.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import Engine
+
+from campaign import deployment
+from campaign.errors import DeliveryNotFound, InvalidInput
+
+URL_PREFIX = "/campaign-deployment"
+SENDING_REFRESH_SECONDS = 5
+_templates = Environment(
+    loader=FileSystemLoader(Path(__file__).with_name("templates")), autoescape=select_autoescape(["html"])
+)
+
+
+def create_app(engine_provider: Callable[[], Engine], user_dependency: Callable[..., Any]) -> FastAPI:
+    """The app; ``user_dependency`` is Airflow's authenticated-user dependency (401 without login)."""
+    app = FastAPI(
+        title="campaign-send Deployment",
+        dependencies=[Depends(user_dependency)],
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+    lock = threading.Lock()
+    state: dict[str, Engine] = {}
+
+    def engine() -> Engine:
+        if "engine" not in state:
+            with lock:
+                if "engine" not in state:
+                    state["engine"] = engine_provider()
+        return state["engine"]
+
+    def roots(request: Request) -> tuple[str, str]:
+        """This app's root and Airflow's, both as the browser sees them (proxies included)."""
+        root = request.scope.get("root_path", "").rstrip("/")
+        airflow = root[: -len(URL_PREFIX)] if root.endswith(URL_PREFIX) else ""
+        return root, airflow
+
+    def page(request: Request, template: str, title: str, status: int = 200, **values: Any) -> HTMLResponse:
+        root, airflow = roots(request)
+        html = _templates.get_template(template).render(root=root, airflow=airflow, title=title, **values)
+        return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+    @app.exception_handler(DeliveryNotFound)
+    async def delivery_not_found(request: Request, exc: DeliveryNotFound) -> Response:
+        if "/api/" in request.url.path:
+            return JSONResponse({"detail": str(exc)}, status_code=404)
+        return page(request, "profile.html", "Not found", status=404, error=str(exc))
+
+    # ------------------------------------------------------------------ JSON API
+
+    @app.get("/api/deliveries")
+    def api_deliveries(limit: int = 200) -> dict[str, Any]:
+        return {"deliveries": deployment.list_deliveries(engine(), min(max(limit, 1), 1000))}
+
+    @app.get("/api/deliveries/{delivery_id}")
+    def api_delivery(delivery_id: int) -> dict[str, Any]:
+        return deployment.delivery_detail(engine(), delivery_id)
+
+    @app.get("/api/profiles")
+    def api_profile(email: str) -> dict[str, Any]:
+        try:
+            return deployment.profile_page(engine(), email)
+        except InvalidInput as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from None
+
+    # ------------------------------------------------------------------ pages
+
+    @app.get("/", response_class=HTMLResponse)
+    def deliveries_page(request: Request) -> HTMLResponse:
+        return page(request, "deliveries.html", "Deliveries", deliveries=deployment.list_deliveries(engine()))
+
+    @app.get("/deliveries/{delivery_id}", response_class=HTMLResponse)
+    def delivery_page(request: Request, delivery_id: int) -> HTMLResponse:
+        detail = deployment.delivery_detail(engine(), delivery_id)
+        refresh = SENDING_REFRESH_SECONDS if detail["status"] == "sending" else None
+        return page(request, "delivery.html", detail["label"], d=detail, refresh=refresh)
+
+    @app.get("/runs/{run_id}")
+    def run_page(request: Request, run_id: str) -> Response:
+        """Target of the task instances' extra link: the delivery a confirm_send run sends."""
+        delivery_id = deployment.delivery_for_run(engine(), run_id)
+        if delivery_id is None:
+            return page(request, "profile.html", "Not found", status=404, error=f"Run {run_id} sent no delivery.")
+        root, _ = roots(request)
+        return RedirectResponse(f"{root}/deliveries/{delivery_id}", status_code=302)
+
+    @app.get("/profiles", response_class=HTMLResponse)
+    def profiles_page(request: Request, email: str | None = None) -> HTMLResponse:
+        if not email:
+            return page(request, "profile.html", "Profiles")
+        try:
+            found = deployment.profile_page(engine(), email)
+        except InvalidInput as exc:
+            return page(request, "profile.html", "Profiles", status=404, email=email, error=str(exc))
+        return page(request, "profile.html", email, email=email, page=found)
+
+    return app

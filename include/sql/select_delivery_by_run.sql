@@ -1,0 +1,1 @@
+SELECT id FROM deliveries WHERE run_id = :run_id

@@ -1,0 +1,109 @@
+"""The Deployment view on the real API server: authentication, pages, JSON API, links into it."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import pytest
+from e2e_support import fresh_delivery, kpi_row
+
+pytestmark = pytest.mark.airflow_server
+
+PREFIX = "/campaign-deployment"
+ENDPOINTS = [
+    "/",
+    "/deliveries/1",
+    "/profiles",
+    "/runs/x",
+    "/api/deliveries",
+    "/api/deliveries/1",
+    "/api/profiles?email=a@b.c",
+]
+
+
+@pytest.fixture(scope="module")
+def sent_delivery(live_airflow):
+    spec = {
+        "label": "Deployment view delivery",
+        "sender": "Shop <news@shop.test>",
+        "subject": "Hi {{ profile.first_name }}",
+        "text": "Hello",
+        "html": '<html><body><a href="https://shop.test/deals">Deals</a></body></html>',
+    }
+    audience = fresh_delivery(live_airflow.engine, good=9, hard=2, soft=0, spec=spec)
+    run_id = live_airflow.trigger("alice", {"delivery_id": audience.delivery_id, "confirm": True})
+    assert live_airflow.wait_for_run(run_id)["state"] == "success"
+    return audience, run_id
+
+
+def authed(live_airflow, path: str, **kwargs):
+    token = live_airflow.token("bob")  # any authenticated user may read the view
+    return live_airflow.http.get(PREFIX + path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+
+
+@pytest.mark.parametrize("path", ENDPOINTS)
+def test_every_route_needs_a_login(live_airflow, path):
+    response = live_airflow.http.get(PREFIX + path, follow_redirects=False)
+    assert response.status_code == 401
+
+
+def test_json_api_gives_the_figures_of_the_database(live_airflow, sent_delivery):
+    audience, run_id = sent_delivery
+    stored = kpi_row(live_airflow.engine, audience.delivery_id)
+
+    listed = authed(live_airflow, "/api/deliveries").json()["deliveries"]
+    entry = next(d for d in listed if d["id"] == audience.delivery_id)
+    assert (entry["status"], entry["confirmed_by"], entry["run_id"]) == ("sent", "alice", run_id)
+    assert entry["progress"] == {"processed": 11, "to_deliver": 11, "fraction": 1.0}
+    assert entry["kpis"]["delivered"] == stored["delivered"] == 9
+    assert entry["kpis"]["bounce_error_rate"] == pytest.approx(stored["bounce_error_rate"])
+
+    detail = authed(live_airflow, f"/api/deliveries/{audience.delivery_id}").json()
+    assert detail["kpis"] == entry["kpis"]
+    assert detail["failure_reasons"] == [
+        {"status": "bounced", "failure_type": "hard", "smtp_code": 550, "reason": "recipient refused", "recipients": 2}
+    ]
+    assert [(link["url"], link["clicks"]) for link in detail["links"]] == [("https://shop.test/deals", 0)]
+
+    history = authed(live_airflow, "/api/profiles", params={"email": audience.good[0]}).json()
+    assert history["profile"]["email"] == audience.good[0]
+    assert [(h["delivery_id"], h["send_status"]) for h in history["deliveries"]] == [(audience.delivery_id, "sent")]
+
+
+def test_unknown_things_get_404(live_airflow, sent_delivery):
+    response = authed(live_airflow, "/api/deliveries/987654")
+    assert (response.status_code, response.json()) == (404, {"detail": "Delivery 987654 does not exist."})
+    assert authed(live_airflow, "/deliveries/987654").status_code == 404
+    assert authed(live_airflow, "/api/profiles", params={"email": "nobody@nowhere.test"}).status_code == 404
+    assert authed(live_airflow, "/runs/no-such-run").status_code == 404
+
+
+def test_pages_show_progress_kpis_and_actions(live_airflow, sent_delivery):
+    audience, run_id = sent_delivery
+    listing = authed(live_airflow, "/")
+    assert listing.status_code == 200
+    assert f"{audience.delivery_id} · Deployment view delivery" in listing.text
+    assert 'class="bar"' in listing.text and "81.82 %" in listing.text  # 9 of 11 delivered
+
+    page = authed(live_airflow, f"/deliveries/{audience.delivery_id}")
+    assert page.status_code == 200
+    assert 'id="compute-stats"' in page.text and 'id="confirm-send"' not in page.text
+    assert f"/dags/confirm_send/runs/{quote(run_id, safe='')}" in page.text
+    assert "recipient refused" in page.text and "https://shop.test/deals" in page.text
+    assert "<script src=" not in page.text and "http://" not in page.text.split("<script>")[0].split("</style>")[0]
+
+    redirect = authed(live_airflow, f"/runs/{quote(run_id, safe='')}", follow_redirects=False)
+    assert redirect.status_code == 302
+    assert redirect.headers["location"].endswith(f"{PREFIX}/deliveries/{audience.delivery_id}")
+
+
+def test_airflow_links_to_the_view(live_airflow, sent_delivery):
+    _, run_id = sent_delivery
+    plugins = live_airflow.api("GET", "/plugins", "alice").json()["plugins"]
+    campaign = next(p for p in plugins if p["name"] == "campaign")
+    assert [view["href"] for view in campaign["external_views"]] == ["campaign-deployment/"]
+
+    links = live_airflow.api(
+        "GET", f"/dags/confirm_send/dagRuns/{run_id}/taskInstances/aggregate_kpis/links", "alice"
+    ).json()
+    assert links["extra_links"]["Delivery page"] == f"{PREFIX}/runs/{quote(run_id, safe='')}"
