@@ -3,7 +3,7 @@
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-scripts/ensure-postgres.sh || exit 1
+scripts/ensure-system-packages.sh || exit 1
 .venv/bin/ruff check . || exit 1
 export PYTHONPATH="$root/include${PYTHONPATH:+:$PYTHONPATH}"
 .venv/bin/python -m pytest "$@"

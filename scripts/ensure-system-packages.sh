@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Makes sure the Debian packages the test suite drives exist: PostgreSQL server binaries (the
+# suite starts its own server) and Chromium (the browser test). Installs what is missing when
+# running as root; otherwise says what to install. Without Chromium, outside CI, the browser
+# test is skipped; PostgreSQL is required.
+set -euo pipefail
+missing=()
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || missing+=(postgresql)
+[ -x /usr/bin/chromium ] || missing+=(chromium fonts-dejavu-core)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "Installing Debian packages for the tests: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The packaged PostgreSQL cluster is not needed: tests start their own server.
+  if command -v pg_ctlcluster >/dev/null; then
+    for cluster in /etc/postgresql/*/main; do
+      [ -d "$cluster" ] && pg_ctlcluster "$(basename "$(dirname "$cluster")")" main stop 2>/dev/null || true
+    done
+  fi
+  exit 0
+fi
+echo "Missing Debian packages for the tests: ${missing[*]} (apt-get install ${missing[*]})." >&2
+[[ " ${missing[*]} " == *" postgresql "* ]] && exit 1
+exit 0
