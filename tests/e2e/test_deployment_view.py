@@ -155,7 +155,15 @@ def test_a_browser_logs_in_and_finds_the_kpis(live_airflow, sent_delivery, brows
     shown = {name: page.locator(f"[data-kpi='{name}']").inner_text() for name in ("to_deliver", "delivered")}
     assert shown == {"to_deliver": str(stored["to_deliver"]), "delivered": str(stored["delivered"])}
     assert page.locator("[data-kpi='bounce_error_rate']").inner_text() == f"{stored['bounce_error_rate'] * 100:.2f} %"
-    assert page.locator("#compute-stats").is_visible()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "deployment-delivery.png"), full_page=True)
+
+    # Compute stats goes through Airflow's own REST API with the browser's session: the run is bob's.
+    page.locator("#compute-stats").click()
+    page.wait_for_function("document.getElementById('message').textContent.length > 0", timeout=30_000)
+    message = page.locator("#message").inner_text()
+    assert message.startswith("compute_stats started: run "), message
+    run_id = message.removeprefix("compute_stats started: run ")
+    run = live_airflow.api("GET", f"/dags/compute_stats/dagRuns/{run_id}", "alice").json()
+    assert (run["triggering_user_name"], run["conf"]) == ("bob", {"delivery_id": audience.delivery_id})
     page.close()
