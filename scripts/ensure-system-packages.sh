@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Makes sure the Debian packages the test suite drives exist: PostgreSQL server binaries (the
-# suite starts its own server) and Chromium (the browser test). Installs what is missing when
-# running as root; otherwise says what to install. Without Chromium, outside CI, the browser
-# test is skipped; PostgreSQL is required.
+# suite starts its own server), Chromium (the browser test) and docker-compose (it parses
+# docker-compose.yaml; no Docker engine is needed). Installs what is missing when
+# running as root; otherwise says what to install. Without Chromium or docker-compose, outside
+# CI, their tests are skipped; PostgreSQL is required.
 set -euo pipefail
 missing=()
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || missing+=(postgresql)
 [ -x /usr/bin/chromium ] || missing+=(chromium fonts-dejavu-core)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "Installing Debian packages for the tests: ${missing[*]}"

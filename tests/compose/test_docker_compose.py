@@ -1,0 +1,114 @@
+"""docker-compose.yaml, read by a real compose parser (Debian's docker-compose), names what the
+project expects: images, commands, mounts, Python path, Connections, separate databases."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from campaign.airflow_glue import CAMPAIGN_DB_CONN_ID, CAMPAIGN_SMTP_CONN_ID
+from campaign.db import url_from_connection_fields
+
+ROOT = Path(__file__).resolve().parents[2]
+AIRFLOW_SERVICES = {
+    "airflow-apiserver": "api-server",
+    "airflow-scheduler": "scheduler",
+    "airflow-dag-processor": "dag-processor",
+    "airflow-worker": "celery worker",
+    "airflow-triggerer": "triggerer",
+}
+OTHER_SERVICES = {"postgres", "redis", "mailpit", "airflow-init"}
+
+
+@pytest.fixture(scope="module")
+def compose(tmp_path_factory) -> dict:
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        if os.environ.get("CI"):
+            pytest.fail("docker-compose (Debian package) is missing in CI; .ci/run must install it.")
+        pytest.skip("Debian's docker-compose is not installed")
+    project = tmp_path_factory.mktemp("compose")
+    for name in ("docker-compose.yaml", "Dockerfile"):
+        shutil.copy(ROOT / name, project / name)
+    shutil.copy(ROOT / ".env.example", project / ".env")
+    result = subprocess.run([tool, "config"], cwd=project, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "is not set" not in result.stderr, f".env.example misses a variable: {result.stderr}"
+    return yaml.safe_load(result.stdout)
+
+
+def env(service: dict) -> dict[str, str]:
+    return {k: str(v) for k, v in service["environment"].items()}
+
+
+def test_services_and_health_checks(compose):
+    services = compose["services"]
+    assert set(services) == set(AIRFLOW_SERVICES) | OTHER_SERVICES
+    for name, service in services.items():
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
+
+
+def test_airflow_services_run_the_project_image_and_commands(compose):
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    airflow_version = re.search(r"^apache-airflow==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M).group(1)
+    assert f"FROM apache/airflow:{airflow_version}-python3.11" in dockerfile
+    assert "requirements.txt" in dockerfile and "apache-airflow-providers-celery" in dockerfile
+    for name, command in AIRFLOW_SERVICES.items():
+        service = compose["services"][name]
+        assert service["image"] == f"campaign-send-airflow:{airflow_version}"
+        actual = service["command"]
+        assert (" ".join(actual) if isinstance(actual, list) else actual) == command
+        variables = env(service)
+        assert variables["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+        assert variables["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/airflow/dags"
+        assert variables["AIRFLOW__CORE__PLUGINS_FOLDER"] == "/opt/airflow/plugins"
+        assert "/opt/airflow/include" in variables["PYTHONPATH"].split(":")
+        mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in map(_volume, service["volumes"])}
+        for folder in ("dags", "plugins", "include"):
+            assert Path(mounts[f"/opt/airflow/{folder}"]).name == folder
+
+
+def _volume(volume) -> str:
+    if isinstance(volume, dict):
+        return f"{volume['source']}:{volume['target']}"
+    return volume
+
+
+def test_workers_scale_and_wait_for_their_dependencies(compose):
+    worker = compose["services"]["airflow-worker"]
+    assert "container_name" not in worker, "a fixed container name would forbid --scale"
+    assert "ports" not in worker
+    assert worker["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_connections_and_databases(compose):
+    variables = env(compose["services"]["airflow-scheduler"])
+    database = json.loads(variables[f"AIRFLOW_CONN_{CAMPAIGN_DB_CONN_ID.upper()}"])
+    url = url_from_connection_fields(
+        database["conn_type"], database["host"], database["schema"], database["login"], database["password"],
+        database["port"],
+    )  # fmt: skip
+    metadata = variables["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert url.get_backend_name() == "postgresql" and url.host == "postgres"
+    assert url.database != metadata.rsplit("/", 1)[1], "the campaign database is separate from Airflow's"
+    smtp = json.loads(variables[f"AIRFLOW_CONN_{CAMPAIGN_SMTP_CONN_ID.upper()}"])
+    assert smtp["conn_type"] == "smtp" and smtp["host"] == "mailpit"
+    assert variables["CAMPAIGN_TRACKING_SECRET"] and variables["AIRFLOW__API_AUTH__JWT_SECRET"]
+    init = " ".join(compose["services"]["airflow-init"]["command"])
+    assert "airflow db migrate" in init and "airflow pools set campaign_smtp" in init and "init-db" in init
+
+
+def test_no_secret_is_written_in_the_compose_file():
+    text = (ROOT / "docker-compose.yaml").read_text()
+    for line in text.splitlines():
+        if re.search(r"(PASSWORD|SECRET|KEY)\w*:\s*\S", line) and "${" not in line:
+            pytest.fail(f"a secret is written in docker-compose.yaml: {line.strip()}")
+    assert ".env" in (ROOT / ".gitignore").read_text()
