@@ -2,6 +2,5 @@
 # project's pinned Python dependencies. DAGs, plugins and include/ are mounted, not copied.
 FROM apache/airflow:3.3.2-python3.11
 COPY requirements.txt constraints.txt /opt/campaign/
-RUN pip install --no-cache-dir -r /opt/campaign/requirements.txt -c /opt/campaign/constraints.txt \
-    apache-airflow-providers-celery==3.26.0
+RUN pip install --no-cache-dir -r /opt/campaign/requirements.txt -c /opt/campaign/constraints.txt
 ENV PYTHONPATH=/opt/airflow/include

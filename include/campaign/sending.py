@@ -81,8 +81,12 @@ class _Pending:
     reply: str
 
 
+WORKER_NAME_ENV = "CAMPAIGN_WORKER_NAME"
+
+
 def worker_identity() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Who wrote a sending-log row: the worker's name (or host) and the task process id."""
+    return f"{os.environ.get(WORKER_NAME_ENV) or socket.gethostname()}:{os.getpid()}"
 
 
 def _reply_text(reply: bytes | str) -> str:
