@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv clean
+.PHONY: run test lint venv clean scale-out
 
 venv: $(STAMP)
 
@@ -19,6 +19,10 @@ run: venv
 
 test: venv
 	scripts/test.sh $(PYTEST_ARGS)
+
+# The Celery multi-worker run alone, with its figures; CAMPAIGN_SCALE_RECIPIENTS sets the size.
+scale-out: venv
+	scripts/test.sh tests/scale -s
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the Debian packages the test suite drives exist: PostgreSQL server binaries (the
 # suite starts its own server), Chromium (the browser test) and docker-compose (it parses
-# docker-compose.yaml; no Docker engine is needed). Installs what is missing when
+# docker-compose.yaml; no Docker engine is needed) and Redis (the Celery scale-out run). Installs what is missing when
 # running as root; otherwise says what to install. Without Chromium or docker-compose, outside
 # CI, their tests are skipped; PostgreSQL is required.
 set -euo pipefail
@@ -9,13 +9,14 @@ missing=()
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || missing+=(postgresql)
 [ -x /usr/bin/chromium ] || missing+=(chromium fonts-dejavu-core)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v redis-server >/dev/null || missing+=(redis-server)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "Installing Debian packages for the tests: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # The packaged PostgreSQL cluster is not needed: tests start their own server.
+  # The packaged PostgreSQL cluster is not needed: tests start their own servers on free ports.
   if command -v pg_ctlcluster >/dev/null; then
     for cluster in /etc/postgresql/*/main; do
       [ -d "$cluster" ] && pg_ctlcluster "$(basename "$(dirname "$cluster")")" main stop 2>/dev/null || true
