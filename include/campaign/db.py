@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,20 @@ def transaction(engine: Engine) -> Iterator[Connection]:
     """One short transaction: committed on success, rolled back on any error."""
     with engine.begin() as connection:
         yield connection
+
+
+class LazyEngine:
+    """An engine made on first use and only once, even when the first requests arrive together
+    (a web app must not look up its Connection per request)."""
+
+    def __init__(self, provider: Callable[[], Engine]) -> None:
+        self._provider = provider
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Engine:
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = self._provider()
+        return self._engine

@@ -4,7 +4,6 @@ and a JSON API with the same figures. Every route needs an authenticated Airflow
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Engine
 
 from campaign import deployment
+from campaign.db import LazyEngine
 from campaign.errors import DeliveryNotFound, InvalidInput
 
 URL_PREFIX = "/campaign-deployment"
@@ -33,15 +33,7 @@ def create_app(engine_provider: Callable[[], Engine], user_dependency: Callable[
         redoc_url=None,
         openapi_url="/api/openapi.json",
     )
-    lock = threading.Lock()
-    state: dict[str, Engine] = {}
-
-    def engine() -> Engine:
-        if "engine" not in state:
-            with lock:
-                if "engine" not in state:
-                    state["engine"] = engine_provider()
-        return state["engine"]
+    engine = LazyEngine(engine_provider)
 
     def roots(request: Request) -> tuple[str, str]:
         """This app's root and Airflow's, both as the browser sees them (proxies included)."""

@@ -103,17 +103,24 @@ def _is_target(conn, delivery_id: int, profile_id: int) -> bool:
     )
 
 
-def record_open(engine: Engine, secret: bytes, token: str, user_agent: str | None) -> bool:
-    """True when the token is genuine and the open was recorded."""
-    ids = verify_token(secret, "open", token)
+def _record_for_target(engine: Engine, secret: bytes, purpose: str, token: str, user_agent: str | None) -> bool:
+    """Record an open or unsubscribe event of a genuine token for a recipient of its delivery."""
+    ids = verify_token(secret, purpose, token)
     if ids is None:
         return False
     delivery_id, profile_id = ids
     with engine.begin() as conn:
         if not _is_target(conn, delivery_id, profile_id):
             return False
-        _record(conn, delivery_id, profile_id, "open", None, user_agent)
+        _record(conn, delivery_id, profile_id, purpose, None, user_agent)
+        if purpose == "unsubscribe":
+            conn.execute(sql("unsubscribe_profile"), {"profile_id": profile_id})
     return True
+
+
+def record_open(engine: Engine, secret: bytes, token: str, user_agent: str | None) -> bool:
+    """True when the token is genuine and the open was recorded."""
+    return _record_for_target(engine, secret, "open", token, user_agent)
 
 
 def record_click(engine: Engine, secret: bytes, token: str, user_agent: str | None) -> str | None:
@@ -135,13 +142,5 @@ def check_unsubscribe(secret: bytes, token: str) -> bool:
 
 
 def record_unsubscribe(engine: Engine, secret: bytes, token: str, user_agent: str | None) -> bool:
-    ids = verify_token(secret, "unsubscribe", token)
-    if ids is None:
-        return False
-    delivery_id, profile_id = ids
-    with engine.begin() as conn:
-        if not _is_target(conn, delivery_id, profile_id):
-            return False
-        _record(conn, delivery_id, profile_id, "unsubscribe", None, user_agent)
-        conn.execute(sql("unsubscribe_profile"), {"profile_id": profile_id})
-    return True
+    """True when the token is genuine: the event is recorded and the profile blocklisted."""
+    return _record_for_target(engine, secret, "unsubscribe", token, user_agent)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import threading
 from collections.abc import Callable
 from html import escape
 
@@ -18,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from campaign import tracking
+from campaign.db import LazyEngine
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +41,7 @@ def _not_found() -> Response:
 def create_app(engine_provider: Callable[[], Engine], secret_provider: Callable[[], bytes]) -> FastAPI:
     """The app; the engine is made once, on first use, not per request."""
     app = FastAPI(title="campaign-send tracking", docs_url=None, redoc_url=None, openapi_url=None)
-    lock = threading.Lock()
-    state: dict[str, object] = {}
-
-    def engine() -> Engine:
-        if "engine" not in state:
-            with lock:
-                if "engine" not in state:
-                    state["engine"] = engine_provider()
-        return state["engine"]  # type: ignore[return-value]
+    engine = LazyEngine(engine_provider)
 
     def user_agent(request: Request) -> str | None:
         return request.headers.get("user-agent")
