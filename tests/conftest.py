@@ -6,11 +6,8 @@ test module imports it.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import pwd
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,75 +38,24 @@ sys.path.insert(0, str(ROOT / "include"))
 from testsupport import free_port  # noqa: E402
 
 from campaign.db import make_engine  # noqa: E402
+from campaign.devpostgres import PostgresServer, running_server, server_binary  # noqa: E402
 from campaign.devsmtp import start_server  # noqa: E402
 from campaign.schema import create_schema  # noqa: E402
 
 # ---------------------------------------------------------------- PostgreSQL server
 
 
-@dataclass
-class PostgresServer:
-    host: str
-    port: int
-    user: str
-
-    def url(self, database: str) -> str:
-        return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database}"
-
-
-def _pg_bin(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    if found:
-        return found[-1]
-    on_path = shutil.which(name)
-    if on_path:
-        return on_path
-    raise FileNotFoundError(name)
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A throw-away PostgreSQL server on a free loopback port (as an unprivileged user under root)."""
     try:
-        initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        server_binary("initdb")
     except FileNotFoundError:
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL server binaries are missing in CI; .ci/run must install them.")
         pytest.skip("PostgreSQL server binaries not installed (Debian package postgresql)")
-    folder = Path(tempfile.mkdtemp(prefix="campaign-test-pg-"))
-    data, sockets = folder / "data", folder / "sockets"
-    sockets.mkdir()
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        account = "postgres" if _user_exists("postgres") else "nobody"
-        shutil.chown(folder, account)
-        shutil.chown(sockets, account)
-        prefix = ["runuser", "-u", account, "--"]
-    port = free_port()
-    subprocess.run(
-        [*prefix, initdb, "-D", str(data), "-U", "campaign", "--auth=trust", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
-    )
-    options = f"-c listen_addresses=127.0.0.1 -c port={port} -k {sockets} -c fsync=off -c max_connections=200"
-    subprocess.run(
-        [*prefix, pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "server.log"), "-w", "start"],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield PostgresServer("127.0.0.1", port, "campaign")
-    finally:
-        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-        return True
-    except KeyError:
-        return False
+    with running_server("campaign-test-pg-") as server:
+        yield server
 
 
 # ---------------------------------------------------------------- campaign database
@@ -131,11 +77,7 @@ def _new_database(backend: str, request: pytest.FixtureRequest, tmp_path: Path) 
     else:
         server: PostgresServer = request.getfixturevalue("postgres_server")
         name = f"campaign_{uuid.uuid4().hex[:12]}"
-        admin = make_engine(server.url("postgres")).execution_options(isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        admin.dispose()
-        url = server.url(name)
+        url = server.create_database(name)
         connection = json.dumps(
             {"conn_type": "postgres", "host": server.host, "port": server.port, "schema": name, "login": server.user}
         )

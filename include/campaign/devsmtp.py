@@ -13,7 +13,6 @@ import mailbox
 import signal
 import threading
 from collections import Counter
-from email import message_from_bytes, policy
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
@@ -25,10 +24,13 @@ REPLIES = {550: "550 5.1.1 Mailbox does not exist", 451: "451 4.3.0 Mailbox temp
 
 
 class MaildirHandler:
-    def __init__(self, maildir: str | Path, reject_rules: dict[str, int] | None = None) -> None:
-        for sub in ("tmp", "new", "cur"):  # Maildir(create=True) skips them when the folder exists
-            Path(maildir, sub).mkdir(parents=True, exist_ok=True)
-        self.maildir = mailbox.Maildir(str(maildir), create=False)
+    def __init__(self, maildir: str | Path | None, reject_rules: dict[str, int] | None = None) -> None:
+        """``maildir`` None counts the mail without storing it (benchmarks)."""
+        self.maildir = None
+        if maildir is not None:
+            for sub in ("tmp", "new", "cur"):  # Maildir(create=True) skips them when the folder exists
+                Path(maildir, sub).mkdir(parents=True, exist_ok=True)
+            self.maildir = mailbox.Maildir(str(maildir), create=False)
         self.reject_rules = dict(DEFAULT_REJECT_RULES if reject_rules is None else reject_rules)
         self.lock = threading.Lock()
         self.accepted = Counter()  # recipient address -> messages accepted
@@ -51,20 +53,19 @@ class MaildirHandler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802
-        message = message_from_bytes(envelope.content, policy=policy.default)
         with self.lock:
-            self.maildir.add(envelope.content)
+            if self.maildir is not None:
+                self.maildir.add(envelope.content)
             for address in envelope.rcpt_tos:
                 self.accepted[address.lower()] += 1
             total = sum(self.accepted.values())
-        log.debug("stored %s for %s", message["Message-ID"], envelope.rcpt_tos)
         if self.on_message is not None:
             self.on_message(total, session.peer)
         return "250 Message accepted for delivery"
 
 
 def start_server(
-    maildir: str | Path, host: str = "127.0.0.1", port: int = 8025, reject_rules: dict[str, int] | None = None
+    maildir: str | Path | None, host: str = "127.0.0.1", port: int = 8025, reject_rules: dict[str, int] | None = None
 ) -> tuple[Controller, MaildirHandler]:
     handler = MaildirHandler(maildir, reject_rules)
     controller = Controller(handler, hostname=host, port=port)
@@ -83,13 +84,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8025)
-    parser.add_argument("--maildir", required=True, help="folder where every accepted mail is stored")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--maildir", help="folder where every accepted mail is stored")
+    target.add_argument("--discard", action="store_true", help="count mail without storing it (benchmarks)")
     parser.add_argument("--reject", type=_parse_rule, action="append", help="PATTERN=CODE, repeatable")
     args = parser.parse_args(argv)
     rules = dict(args.reject) if args.reject else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s devsmtp %(message)s")
     controller, _ = start_server(args.maildir, args.host, args.port, rules)
-    log.info("listening on %s:%s, storing mail in %s", args.host, args.port, args.maildir)
+    log.info(
+        "listening on %s:%s, %s",
+        args.host,
+        args.port,
+        f"storing mail in {args.maildir}" if args.maildir else "discarding mail",
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -56,14 +56,6 @@ def _redis(port: int, folder: Path) -> subprocess.Popen:
     )
 
 
-def _create_database(server, name: str) -> str:
-    admin = make_engine(server.url("postgres")).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    admin.dispose()
-    return server.url(name)
-
-
 def _seed(engine) -> int:
     create_schema(engine)
     operators.create_operator(engine, "alice")
@@ -100,8 +92,8 @@ def test_two_celery_workers_share_the_send_and_survive_a_killed_worker(postgres_
     home = folder / "airflow"
     home.mkdir()
     (home / "passwords.json").write_text(json.dumps({"alice": PASSWORD}))
-    metadata_url = _create_database(postgres_server, "airflow_scale")
-    campaign_url = _create_database(postgres_server, "campaign_scale")
+    metadata_url = postgres_server.create_database("airflow_scale")
+    campaign_url = postgres_server.create_database("campaign_scale")
     engine = make_engine(campaign_url)
     delivery_id = _seed(engine)
 
@@ -152,8 +144,9 @@ def test_two_celery_workers_share_the_send_and_survive_a_killed_worker(postgres_
         "CAMPAIGN_RETRY_DELAY_SECONDS": "2",
     }
     airflow = str(venv_bin / "airflow")
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
-    subprocess.run([airflow, "pools", "set", "campaign_smtp", "8", "scale"], env=env, check=True, capture_output=True)
+    for command in (["db", "migrate"], ["pools", "set", "campaign_smtp", "8", "scale"]):
+        done = subprocess.run([airflow, *command], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"airflow {' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
     processes: dict[str, subprocess.Popen] = {}
     logs = {}
