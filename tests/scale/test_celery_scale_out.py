@@ -146,7 +146,8 @@ def test_two_celery_workers_share_the_send_and_survive_a_killed_worker(postgres_
     airflow = str(venv_bin / "airflow")
     for command in (["db", "migrate"], ["pools", "set", "campaign_smtp", "8", "scale"]):
         done = subprocess.run([airflow, *command], env=env, capture_output=True, text=True)
-        assert done.returncode == 0, f"airflow {' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        output = f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        assert done.returncode == 0, f"airflow {' '.join(command)} failed:\n{output}"
 
     processes: dict[str, subprocess.Popen] = {}
     logs = {}
