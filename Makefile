@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv clean scale-out
+.PHONY: run test lint venv clean scale-out bench
 
 venv: $(STAMP)
 
@@ -23,6 +23,11 @@ test: venv
 # The Celery multi-worker run alone, with its figures; CAMPAIGN_SCALE_RECIPIENTS sets the size.
 scale-out: venv
 	scripts/test.sh tests/scale -s
+
+# Ratios measured in one run (benchmarks/); BENCH_ARGS=--smoke for tiny sizes.
+bench: venv
+	scripts/ensure-system-packages.sh
+	PYTHONPATH=include:. $(VENV)/bin/python -m benchmarks $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

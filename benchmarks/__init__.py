@@ -1,0 +1,1 @@
+"""`make bench`: throughput and cost growth of campaign-send, as ratios measured in one run."""

@@ -1,0 +1,116 @@
+"""python -m benchmarks [--smoke] [--backends sqlite,postgres]: prints one markdown table.
+
+Every figure is a ratio of two timings (or memory peaks) measured in the same run on the same
+machine, because these machines are shared and noisy. Data is generated deterministically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from importlib.metadata import version
+from pathlib import Path
+
+from benchmarks.memory_bench import chunk_memory
+from benchmarks.stats_bench import Ratio, compute_stats_cost, hourly_growth
+from campaign.db import make_engine
+from campaign.devpostgres import running_server
+
+FULL = {"logs": 1_000_000, "events": 300_000, "history": 1_000_000, "new": 10_000, "large": 1_000_000, "small": 10_000}
+SMOKE = {"logs": 5_000, "events": 1_500, "history": 5_000, "new": 100, "large": 5_000, "small": 2_000}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def smtp_sink():
+    """The local SMTP server in its own process, counting and discarding mail."""
+    port = _free_port()
+    root = Path(__file__).resolve().parent.parent
+    process = subprocess.Popen(
+        [sys.executable, "-m", "campaign.devsmtp", "--port", str(port), "--discard"],
+        env={**os.environ, "PYTHONPATH": str(root / "include")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    try:
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def machine() -> str:
+    memory_kib = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
+    return (
+        f"{os.cpu_count()} cores, {memory_kib / 1024 / 1024:.1f} GiB, {platform.machine()}; Python "
+        f"{platform.python_version()}, Airflow {version('apache-airflow')}, SQLAlchemy {version('SQLAlchemy')}, "
+        f"SQLite {sqlite3.sqlite_version}"
+    )
+
+
+def table(results: list[Ratio], smoke: bool) -> str:
+    lines = [
+        f"Machine: {machine()}" + (" — smoke sizes, figures not meaningful" if smoke else ""),
+        "",
+        "| benchmark | backend | measured | baseline | ratio | target |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {r.backend} | {r.measured_label} | {r.baseline_label} | {r.ratio:.2f} | {r.target} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the benchmarks run")
+    parser.add_argument("--backends", default="sqlite,postgres")
+    args = parser.parse_args(argv)
+    sizes = SMOKE if args.smoke else FULL
+    results: list[Ratio] = []
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="campaign-bench-") as folder:
+        smtp_port = stack.enter_context(smtp_sink())
+        server = stack.enter_context(running_server("campaign-bench-pg-")) if "postgres" in args.backends else None
+        counter = iter(range(1000))
+
+        def database(backend: str) -> tuple[object, str]:
+            name = f"bench_{next(counter)}"
+            url = f"sqlite:///{folder}/{name}.db" if backend == "sqlite" else server.create_database(name)
+            return make_engine(url), url
+
+        for backend in args.backends.split(","):
+            engine, _ = database(backend)
+            results.append(compute_stats_cost(engine, backend, sizes["logs"], sizes["events"]))
+            history, empty = database(backend)[0], database(backend)[0]
+            results.append(hourly_growth(history, empty, backend, sizes["history"], sizes["new"]))
+            engine, url = database(backend)
+            results.append(chunk_memory(engine, url, backend, smtp_port, sizes["large"], sizes["small"]))
+    print(table(results, args.smoke))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
