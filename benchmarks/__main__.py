@@ -19,13 +19,17 @@ from contextlib import ExitStack, contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
-from benchmarks.memory_bench import chunk_memory
+from benchmarks.memory_bench import benchmark_tracking_secret, chunk_memory
+from benchmarks.send_bench import send_throughput
 from benchmarks.stats_bench import Ratio, compute_stats_cost, hourly_growth
 from campaign.db import make_engine
 from campaign.devpostgres import running_server
 
-FULL = {"logs": 1_000_000, "events": 300_000, "history": 1_000_000, "new": 10_000, "large": 1_000_000, "small": 10_000}
-SMOKE = {"logs": 5_000, "events": 1_500, "history": 5_000, "new": 100, "large": 5_000, "small": 2_000}
+FULL = {
+    "send": 100_000, "logs": 1_000_000, "events": 300_000, "history": 1_000_000, "new": 10_000,
+    "large": 1_000_000, "small": 10_000,
+}  # fmt: skip
+SMOKE = {"send": 2_000, "logs": 5_000, "events": 1_500, "history": 5_000, "new": 100, "large": 5_000, "small": 2_000}
 
 
 def _free_port() -> int:
@@ -88,10 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the benchmarks run")
     parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--send-size", type=int, help="recipients of the throughput run (default 100,000)")
+    parser.add_argument("--skip-send", action="store_true", help="leave out the throughput run (it starts Airflow)")
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
     results: list[Ratio] = []
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="campaign-bench-") as folder:
+        stack.enter_context(benchmark_tracking_secret())
         smtp_port = stack.enter_context(smtp_sink())
         server = stack.enter_context(running_server("campaign-bench-pg-")) if "postgres" in args.backends else None
         counter = iter(range(1000))
@@ -101,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             url = f"sqlite:///{folder}/{name}.db" if backend == "sqlite" else server.create_database(name)
             return make_engine(url), url
 
+        if not args.skip_send:
+            results.append(send_throughput(Path(folder), smtp_port, args.send_size or sizes["send"]))
         for backend in args.backends.split(","):
             engine, _ = database(backend)
             results.append(compute_stats_cost(engine, backend, sizes["logs"], sizes["events"]))

@@ -21,7 +21,7 @@ def test_make_bench_smoke_prints_the_table():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert len(rows) == 6, done.stdout  # three benchmarks on SQLite and PostgreSQL
+    assert len(rows) == 7, done.stdout  # throughput, then three benchmarks on SQLite and PostgreSQL
     for row in rows:
         ratio = float(row.split("|")[5])
         assert ratio > 0, row

@@ -10,12 +10,11 @@ from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from pathlib import Path
 
-import httpx
 from sqlalchemy import select, text, update
-from testsupport import wait_for
 
 from campaign import deliveries, operators
 from campaign.clock import utcnow
+from campaign.devairflow import AirflowClient
 from campaign.schema import ROLE_START_DELIVERIES, profiles
 
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
@@ -155,35 +154,18 @@ PASSWORDS = {"alice": "alice-pw-" + os.urandom(4).hex(), "bob": "bob-pw-" + os.u
 RUN_TIMEOUT = 240
 
 
-class LiveAirflow:
+class LiveAirflow(AirflowClient):
+    """The running Airflow of the live tests, with its campaign database and SMTP server."""
+
     def __init__(self, base_url: str, engine, sink_handler, maildir: Path, log_path: Path) -> None:
-        self.base_url = base_url
+        super().__init__(base_url, PASSWORDS)
         self.engine = engine
         self.sink = sink_handler
         self.maildir = maildir
         self.log_path = log_path
-        self.http = httpx.Client(base_url=base_url, timeout=30)
 
-    def token(self, user: str) -> str:
-        response = self.http.post("/auth/token", json={"username": user, "password": PASSWORDS[user]})
-        response.raise_for_status()
-        return response.json()["access_token"]
-
-    def api(self, method: str, path: str, user: str, **kwargs) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.token(user)}", **kwargs.pop("headers", {})}
-        return self.http.request(method, f"/api/v2{path}", headers=headers, **kwargs)
-
-    def trigger(self, user: str, conf: dict) -> str:
-        response = self.api("POST", "/dags/confirm_send/dagRuns", user, json={"logical_date": None, "conf": conf})
-        assert response.status_code == 200, response.text
-        return response.json()["dag_run_id"]
-
-    def wait_for_run(self, run_id: str, user: str = "alice") -> dict:
-        def finished():
-            run = self.api("GET", f"/dags/confirm_send/dagRuns/{run_id}", user).json()
-            return run if run["state"] in ("success", "failed") else None
-
-        return wait_for(finished, RUN_TIMEOUT, interval=1, what=f"run {run_id} to finish")
+    def wait_for_run(self, run_id: str, user: str = "alice", **kwargs) -> dict:
+        return super().wait_for_run(run_id, user, timeout=RUN_TIMEOUT, **kwargs)
 
     def task_instances(self, run_id: str, user: str = "alice") -> dict[str, dict]:
         body = self.api("GET", f"/dags/confirm_send/dagRuns/{run_id}/taskInstances", user).json()

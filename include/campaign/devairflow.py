@@ -1,0 +1,145 @@
+"""A throw-away `airflow standalone` (API server, scheduler, DAG processor, triggerer,
+LocalExecutor, SQLite metadata) wired to a campaign database and an SMTP server, with a small
+REST client: for the end-to-end tests and the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class AirflowClient:
+    """Airflow's REST API as the users of the SimpleAuthManager see it."""
+
+    def __init__(self, base_url: str, passwords: dict[str, str]) -> None:
+        self.base_url = base_url
+        self.passwords = passwords
+        self.http = httpx.Client(base_url=base_url, timeout=30)
+
+    def token(self, user: str) -> str:
+        response = self.http.post("/auth/token", json={"username": user, "password": self.passwords[user]})
+        response.raise_for_status()
+        return response.json()["access_token"]
+
+    def api(self, method: str, path: str, user: str, **kwargs) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token(user)}", **kwargs.pop("headers", {})}
+        return self.http.request(method, f"/api/v2{path}", headers=headers, **kwargs)
+
+    def trigger(self, user: str, conf: dict, dag_id: str = "confirm_send") -> str:
+        response = self.api("POST", f"/dags/{dag_id}/dagRuns", user, json={"logical_date": None, "conf": conf})
+        if response.status_code != 200:
+            raise RuntimeError(f"trigger of {dag_id} refused: {response.status_code} {response.text}")
+        return response.json()["dag_run_id"]
+
+    def wait_for_run(self, run_id: str, user: str = "alice", dag_id: str = "confirm_send", timeout: float = 240):
+        def finished():
+            run = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}", user).json()
+            return run if run["state"] in ("success", "failed") else None
+
+        return wait_until(finished, timeout, 1, f"run {run_id} to finish")
+
+
+@contextmanager
+def standalone(
+    folder: Path,
+    campaign_db: Path,
+    smtp_port: int,
+    users: dict[str, str],
+    roles: str,
+    pool_slots: int = 4,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[tuple[str, Path]]:
+    """Start it; yields (base URL, log path) once confirm_send is served. ``roles``: "alice:admin,…"."""
+    home = folder / "airflow"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "passwords.json").write_text(json.dumps(users))
+    api_port = _free_port()
+    venv_bin = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PATH": f"{venv_bin}:{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT / "include"),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": roles,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__API__PORT": str(api_port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW_CONN_CAMPAIGN_DB": json.dumps({"conn_type": "sqlite", "host": str(campaign_db)}),
+        "AIRFLOW_CONN_CAMPAIGN_SMTP": json.dumps(
+            {
+                "conn_type": "smtp",
+                "host": "127.0.0.1",
+                "port": smtp_port,
+                "extra": {"disable_tls": True, "disable_ssl": True, "timeout": 30, "retry_limit": 0},
+            }
+        ),
+        "CAMPAIGN_TRACKING_BASE_URL": f"http://127.0.0.1:{api_port}/campaign",
+        **(extra_env or {}),
+    }
+    airflow = str(venv_bin / "airflow")
+    for command in (["db", "migrate"], ["pools", "set", "campaign_smtp", str(pool_slots), "campaign sends"]):
+        done = subprocess.run([airflow, *command], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"airflow {' '.join(command)} failed: {done.stderr[-2000:]}")
+    log_path = folder / "standalone.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [airflow, "standalone"], env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    base_url = f"http://127.0.0.1:{api_port}"
+    client = AirflowClient(base_url, users)
+    user = next(iter(users))
+    try:
+
+        def dag_served() -> bool:
+            try:
+                return client.api("GET", "/dags/confirm_send", user).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(dag_served, 180, 2, "Airflow standalone to serve confirm_send")
+        yield base_url, log_path
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
