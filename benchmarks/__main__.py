@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import ExitStack, contextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -24,6 +23,7 @@ from benchmarks.send_bench import send_throughput
 from benchmarks.stats_bench import Ratio, compute_stats_cost, hourly_growth
 from campaign.db import make_engine
 from campaign.devpostgres import running_server
+from campaign.devtools import free_port, wait_until
 
 FULL = {
     "send": 100_000, "logs": 1_000_000, "events": 300_000, "history": 1_000_000, "new": 10_000,
@@ -32,16 +32,10 @@ FULL = {
 SMOKE = {"send": 2_000, "logs": 5_000, "events": 1_500, "history": 5_000, "new": 100, "large": 5_000, "small": 2_000}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def smtp_sink():
     """The local SMTP server in its own process, counting and discarding mail."""
-    port = _free_port()
+    port = free_port()
     root = Path(__file__).resolve().parent.parent
     process = subprocess.Popen(
         [sys.executable, "-m", "campaign.devsmtp", "--port", str(port), "--discard"],
@@ -49,13 +43,15 @@ def smtp_sink():
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+
+    def accepting() -> bool:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+            return True
         except OSError:
-            time.sleep(0.1)
+            return False
+
+    wait_until(accepting, 20, 0.1, "the SMTP sink")
     try:
         yield port
     finally:

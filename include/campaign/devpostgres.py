@@ -8,7 +8,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import create_engine
+
+from campaign.devtools import free_port
 
 
 @dataclass
@@ -48,12 +49,6 @@ def server_binary(name: str) -> str:
     raise FileNotFoundError(f"PostgreSQL server binary {name} not found (Debian package postgresql)")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _user_exists(name: str) -> bool:
     try:
         pwd.getpwnam(name)
@@ -74,7 +69,7 @@ def running_server(prefix: str = "campaign-pg-") -> Iterator[PostgresServer]:
         shutil.chown(folder, account)
         shutil.chown(sockets, account)
         as_user = ["runuser", "-u", account, "--"]
-    port = _free_port()
+    port = free_port()
     subprocess.run(
         [*as_user, initdb, "-D", str(data), "-U", "campaign", "--auth=trust", "-E", "UTF8"],
         check=True,
