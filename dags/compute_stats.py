@@ -46,7 +46,7 @@ def compute_stats():
         params = get_current_context()["params"]
         engine = campaign_engine()
         delivery_ids = stats.deliveries_to_recompute(engine, params.get("delivery_id"), params["days"])
-        changes = [(delivery_id, *stats.recompute_delivery(engine, delivery_id)) for delivery_id in delivery_ids]
+        changes = stats.recompute_deliveries(engine, delivery_ids)
         log.info(
             "recompute_kpis: %s deliveries recomputed from the logs (%.2fs)\n%s",
             len(changes), time.monotonic() - started, stats.before_after_table(changes),

@@ -11,6 +11,7 @@ import os
 import sys
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from campaign import deliveries, demo, operators, profiles, recipients
 from campaign.db import make_engine
@@ -207,6 +208,14 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except CampaignError as exc:
         print(f"campaign: {exc}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as exc:
+        # An unreachable server or a missing folder: the operator needs the cause, not a traceback.
+        cause = getattr(exc, "orig", None) or exc
+        print(
+            f"campaign: cannot use the campaign database ({args.db or os.environ.get(DB_URL_ENV)}): {cause}",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

@@ -122,6 +122,13 @@ def recompute_delivery(engine: Engine, delivery_id: int) -> tuple[dict[str, Any]
     return before, after
 
 
+def recompute_deliveries(
+    engine: Engine, delivery_ids: list[int]
+) -> list[tuple[int, dict[str, Any] | None, dict[str, Any]]]:
+    """Compute stats for several deliveries, one transaction each: (delivery, before, after)."""
+    return [(delivery_id, *recompute_delivery(engine, delivery_id)) for delivery_id in delivery_ids]
+
+
 def deliveries_to_recompute(engine: Engine, delivery_id: int | None, days: int) -> list[int]:
     """The one delivery asked for, or every delivery confirmed in the last ``days`` days."""
     with engine.begin() as conn:

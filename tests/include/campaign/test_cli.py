@@ -187,3 +187,14 @@ def test_database_url_from_the_environment(tmp_path: Path, monkeypatch, capsys: 
 
     assert capsys.readouterr().out == "operator erin (id 1)\n"
     assert (tmp_path / "env.db").exists()
+
+
+def test_an_unusable_database_is_one_sentence_not_a_traceback(tmp_path: Path, capsys) -> None:
+    url = f"sqlite:///{tmp_path}/missing-folder/campaign.db"
+
+    code = main(["--db", url, "operator", "list"])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == f"campaign: cannot use the campaign database ({url}): unable to open database file"
+    assert "Traceback" not in err
