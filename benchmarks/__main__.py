@@ -29,6 +29,7 @@ FULL = {
     "send": 100_000, "logs": 1_000_000, "events": 300_000, "history": 1_000_000, "new": 10_000,
     "large": 1_000_000, "small": 10_000,
 }  # fmt: skip
+BENCHMARKS = ("send", "compute-stats", "hourly", "memory")
 SMOKE = {"send": 2_000, "logs": 5_000, "events": 1_500, "history": 5_000, "new": 100, "large": 5_000, "small": 2_000}
 
 
@@ -81,6 +82,7 @@ def table(results: list[Ratio], smoke: bool) -> str:
         lines.append(
             f"| {r.name} | {r.backend} | {r.measured_label} | {r.baseline_label} | {r.ratio:.2f} | {r.target} |"
         )
+    lines += [f"\n{r.name} ({r.backend}): {r.detail}" for r in results if r.detail]
     return "\n".join(lines)
 
 
@@ -90,7 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--send-size", type=int, help="recipients of the throughput run (default 100,000)")
     parser.add_argument("--skip-send", action="store_true", help="leave out the throughput run (it starts Airflow)")
+    parser.add_argument(
+        "--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {', '.join(BENCHMARKS)}"
+    )
     args = parser.parse_args(argv)
+    chosen = set(args.only.split(","))
+    if unknown := chosen - set(BENCHMARKS):
+        parser.error(f"unknown benchmark {', '.join(sorted(unknown))}; choose among {', '.join(BENCHMARKS)}")
+    if args.skip_send:
+        chosen.discard("send")
     sizes = SMOKE if args.smoke else FULL
     results: list[Ratio] = []
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="campaign-bench-") as folder:
@@ -104,15 +114,18 @@ def main(argv: list[str] | None = None) -> int:
             url = f"sqlite:///{folder}/{name}.db" if backend == "sqlite" else server.create_database(name)
             return make_engine(url), url
 
-        if not args.skip_send:
+        if "send" in chosen:
             results.append(send_throughput(Path(folder), smtp_port, args.send_size or sizes["send"]))
         for backend in args.backends.split(","):
-            engine, _ = database(backend)
-            results.append(compute_stats_cost(engine, backend, sizes["logs"], sizes["events"]))
-            history, empty = database(backend)[0], database(backend)[0]
-            results.append(hourly_growth(history, empty, backend, sizes["history"], sizes["new"]))
-            engine, url = database(backend)
-            results.append(chunk_memory(engine, url, backend, smtp_port, sizes["large"], sizes["small"]))
+            if "compute-stats" in chosen:
+                engine, _ = database(backend)
+                results.extend(compute_stats_cost(engine, backend, sizes["logs"], sizes["events"]))
+            if "hourly" in chosen:
+                history, empty = database(backend)[0], database(backend)[0]
+                results.append(hourly_growth(history, empty, backend, sizes["history"], sizes["new"]))
+            if "memory" in chosen:
+                engine, url = database(backend)
+                results.append(chunk_memory(engine, url, backend, smtp_port, sizes["large"], sizes["small"]))
     print(table(results, args.smoke))
     return 0
 

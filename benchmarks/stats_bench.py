@@ -22,6 +22,7 @@ class Ratio:
     measured_label: str
     baseline_label: str
     target: str
+    detail: str = ""  # printed under the table: where the time or memory went
 
     @property
     def ratio(self) -> float:
@@ -38,10 +39,14 @@ def best_of(runs: int, work: Callable[[], object]) -> float:
     return min(timings)
 
 
-def compute_stats_cost(engine: Engine, backend: str, logs: int, events: int) -> Ratio:
+def compute_stats_cost(engine: Engine, backend: str, logs: int, events: int) -> list[Ratio]:
+    """Compute stats as ops run it (engagement checked against the events), and with the
+    engagement rebuild it falls back to when they disagree (reported, no target)."""
     datagen.profiles(engine, logs)
     delivery_id, link_id = datagen.sent_delivery(engine, logs)
     datagen.events(engine, delivery_id, link_id, events, logs, minutes_ago=120)
+    stats.fold_new_events(engine, lag_seconds=0)  # as the hourly runs would have
+    datagen.settle(engine)
 
     def bare_scan() -> None:
         with engine.begin() as conn:
@@ -50,11 +55,18 @@ def compute_stats_cost(engine: Engine, backend: str, logs: int, events: int) -> 
             conn.execute(text("SELECT COUNT(*) FROM tracking_logs WHERE delivery_id = :d"), params).scalar_one()
 
     bare = best_of(3, bare_scan)
-    compute = best_of(3, lambda: stats.recompute_delivery(engine, delivery_id))
-    return Ratio(
-        "Compute stats / bare count(*) scan", backend, compute, bare,
-        f"compute_stats {compute:.3f} s", f"count(*) {bare:.3f} s", "≤ 3",
-    )  # fmt: skip
+    compute = best_of(3, lambda: stats.recompute_delivery(engine, delivery_id, lag_seconds=0))
+    rebuild = best_of(3, lambda: stats.recompute_delivery(engine, delivery_id, lag_seconds=0, rebuild_engagement=True))
+    return [
+        Ratio(
+            "Compute stats / bare count(*) scan", backend, compute, bare,
+            f"compute_stats {compute:.3f} s", f"count(*) {bare:.3f} s", "≤ 3",
+        ),
+        Ratio(
+            f"Compute stats rebuilding {events:,} events' engagement / bare count(*) scan", backend, rebuild, bare,
+            f"compute_stats {rebuild:.3f} s", f"count(*) {bare:.3f} s", "— (repair path)",
+        ),
+    ]  # fmt: skip
 
 
 def hourly_growth(history_engine: Engine, empty_engine: Engine, backend: str, history: int, new: int) -> Ratio:
@@ -68,6 +80,7 @@ def hourly_growth(history_engine: Engine, empty_engine: Engine, backend: str, hi
             datagen.events(engine, delivery_id, link_id, old_events, recipients, minutes_ago=180)
             stats.fold_new_events(engine, lag_seconds=0)
         datagen.events(engine, delivery_id, link_id, new, recipients, minutes_ago=5)
+        datagen.settle(engine)
         started = time.perf_counter()
         result = stats.fold_new_events(engine, lag_seconds=0)
         timings.append(time.perf_counter() - started)

@@ -13,6 +13,8 @@ from dag_defaults import DEFAULT_ARGS
 
 log = logging.getLogger("campaign.compute_stats")
 
+LAG_SECONDS = stats.lag_seconds_from_env()
+
 
 @dag(
     dag_id="compute_stats",
@@ -36,6 +38,13 @@ log = logging.getLogger("campaign.compute_stats")
             title="Days",
             description="Without a delivery: recompute the deliveries confirmed in this many last days.",
         ),
+        "rebuild_engagement": Param(
+            False,
+            type="boolean",
+            title="Rebuild engagement",
+            description="Rebuild every recipient's engagement row from the tracking events even when the counts "
+            "agree (they are rebuilt anyway when they do not).",
+        ),
     },
 )
 def compute_stats():
@@ -46,10 +55,17 @@ def compute_stats():
         params = get_current_context()["params"]
         engine = campaign_engine()
         delivery_ids = stats.deliveries_to_recompute(engine, params.get("delivery_id"), params["days"])
-        changes = stats.recompute_deliveries(engine, delivery_ids)
+        changes = stats.recompute_deliveries(engine, delivery_ids, LAG_SECONDS, params["rebuild_engagement"])
+        for change in changes:
+            if change.engagement_mismatch:
+                log.warning(
+                    "delivery %s: engagement disagreed with the tracking logs (%s); rebuilt %s recipient rows",
+                    change.delivery_id, change.engagement_mismatch, change.engagement_rebuilt,
+                )  # fmt: skip
+        rebuilt = sum(change.engagement_rebuilt is not None for change in changes)
         log.info(
-            "recompute_kpis: %s deliveries recomputed from the logs (%.2fs)\n%s",
-            len(changes), time.monotonic() - started, stats.before_after_table(changes),
+            "recompute_kpis: %s deliveries recomputed from the logs, engagement rebuilt for %s (%.2fs)\n%s",
+            len(changes), rebuilt, time.monotonic() - started, stats.before_after_table(changes),
         )  # fmt: skip
         return {"deliveries": delivery_ids}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from airflow.sdk import dag, task
 
@@ -13,8 +12,7 @@ from dag_defaults import DEFAULT_ARGS, START_DATE
 
 log = logging.getLogger("campaign.tracking_rates_hourly")
 
-# Events younger than this wait for the next run (see select_new_events_upper_bound.sql).
-LAG_SECONDS = float(os.environ.get("CAMPAIGN_TRACKING_LAG_SECONDS", stats.DEFAULT_LAG_SECONDS))
+LAG_SECONDS = stats.lag_seconds_from_env()
 
 
 @dag(

@@ -50,6 +50,12 @@ class AirflowClient:
 
         return wait_until(finished, timeout, 1, f"run {run_id} to finish")
 
+    def task_instances(self, run_id: str, user: str, dag_id: str = "confirm_send") -> list[dict]:
+        """Every task instance of a run, mapped ones included."""
+        response = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", user, params={"limit": 1000})
+        response.raise_for_status()
+        return response.json()["task_instances"]
+
 
 @contextmanager
 def standalone(

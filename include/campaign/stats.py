@@ -9,6 +9,7 @@ same events twice, whatever order or concurrency they run in.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -36,17 +37,21 @@ def lock_engagement(conn: Connection) -> None:
     conn.execute(sql("lock_engagement"), {"now": now})
 
 
-def _store_kpis(conn: Connection, delivery_id: int) -> dict[str, Any]:
-    kpis = dict(conn.execute(sql("compute_delivery_kpis"), {"delivery_id": delivery_id}).mappings().one())
+def _delivery_kpis(conn: Connection, delivery_id: int) -> dict[str, Any]:
+    return dict(conn.execute(sql("compute_delivery_kpis"), {"delivery_id": delivery_id}).mappings().one())
+
+
+def _write_kpis(conn: Connection, delivery_id: int, kpis: dict[str, Any]) -> None:
     conn.execute(sql("upsert_delivery_kpis"), {**kpis, "delivery_id": delivery_id, "computed_at": utcnow()})
-    return kpis
 
 
 def compute_kpis(engine: Engine, delivery_id: int) -> dict[str, Any]:
     """Recompute a delivery's KPIs from its sending logs and folded engagement, and store them."""
     with engine.begin() as conn:
         lock_engagement(conn)
-        return _store_kpis(conn, delivery_id)
+        kpis = _delivery_kpis(conn, delivery_id)
+        _write_kpis(conn, delivery_id, kpis)
+        return kpis
 
 
 @dataclass
@@ -58,49 +63,59 @@ class FoldResult:
     seconds: float
 
 
+def lag_seconds_from_env() -> float:
+    """CAMPAIGN_TRACKING_LAG_SECONDS: events younger than this wait for the next fold
+    (see select_new_events_upper_bound.sql)."""
+    return float(os.environ.get("CAMPAIGN_TRACKING_LAG_SECONDS", DEFAULT_LAG_SECONDS))
+
+
 def fold_new_events(engine: Engine, lag_seconds: float = DEFAULT_LAG_SECONDS) -> FoldResult:
     """Fold tracking events newer than the watermark into engagement and the KPI rows, atomically."""
     started = time.monotonic()
-    now = utcnow()
     with engine.begin() as conn:
         lock_engagement(conn)
-        after_id = conn.execute(sql("select_engagement_watermark")).scalar_one()
-        bound = conn.execute(
-            sql("select_new_events_upper_bound"), {"after_id": after_id, "cutoff": now - timedelta(seconds=lag_seconds)}
-        ).one()
-        if bound.upto_id is None:
-            return FoldResult(0, 0, 0, None, time.monotonic() - started)
-        changes = (
-            conn.execute(sql("select_engagement_changes"), {"after_id": after_id, "upto_id": bound.upto_id})
-            .mappings()
-            .all()
+        return _fold_new_events(conn, lag_seconds, started)
+
+
+def _fold_new_events(conn: Connection, lag_seconds: float, started: float) -> FoldResult:
+    now = utcnow()
+    after_id = conn.execute(sql("select_engagement_watermark")).scalar_one()
+    bound = conn.execute(
+        sql("select_new_events_upper_bound"), {"after_id": after_id, "cutoff": now - timedelta(seconds=lag_seconds)}
+    ).one()
+    if bound.upto_id is None:
+        return FoldResult(0, 0, 0, None, time.monotonic() - started)
+    changes = (
+        conn.execute(sql("select_engagement_changes"), {"after_id": after_id, "upto_id": bound.upto_id})
+        .mappings()
+        .all()
+    )
+    deltas: dict[int, dict[str, int]] = defaultdict(lambda: {"unique_opens": 0, "unique_clicks": 0, "clicks": 0})
+    for row in changes:
+        delta = deltas[row["delivery_id"]]
+        delta["unique_opens"] += (row["first_open_at"] is not None) - (row["old_first_open_at"] is not None)
+        delta["unique_clicks"] += (row["first_click_at"] is not None) - (row["old_first_click_at"] is not None)
+        delta["clicks"] += row["clicks"] - row["old_clicks"]
+    if changes:
+        conn.execute(
+            sql("upsert_engagement"),
+            [
+                {
+                    "delivery_id": row["delivery_id"],
+                    "profile_id": row["profile_id"],
+                    "first_open_at": row["first_open_at"],
+                    "first_click_at": row["first_click_at"],
+                    "clicks": row["clicks"],
+                    "now": now,
+                }
+                for row in changes
+            ],
         )
-        deltas: dict[int, dict[str, int]] = defaultdict(lambda: {"unique_opens": 0, "unique_clicks": 0, "clicks": 0})
-        for row in changes:
-            delta = deltas[row["delivery_id"]]
-            delta["unique_opens"] += (row["first_open_at"] is not None) - (row["old_first_open_at"] is not None)
-            delta["unique_clicks"] += (row["first_click_at"] is not None) - (row["old_first_click_at"] is not None)
-            delta["clicks"] += row["clicks"] - row["old_clicks"]
-        if changes:
-            conn.execute(
-                sql("upsert_engagement"),
-                [
-                    {
-                        "delivery_id": row["delivery_id"],
-                        "profile_id": row["profile_id"],
-                        "first_open_at": row["first_open_at"],
-                        "first_click_at": row["first_click_at"],
-                        "clicks": row["clicks"],
-                        "now": now,
-                    }
-                    for row in changes
-                ],
-            )
-            conn.execute(
-                sql("apply_engagement_deltas"),
-                [{"delivery_id": delivery_id, "now": now, **delta} for delivery_id, delta in deltas.items()],
-            )
-        conn.execute(sql("advance_engagement_watermark"), {"upto_id": bound.upto_id, "now": now})
+        conn.execute(
+            sql("apply_engagement_deltas"),
+            [{"delivery_id": delivery_id, "now": now, **delta} for delivery_id, delta in deltas.items()],
+        )
+    conn.execute(sql("advance_engagement_watermark"), {"upto_id": bound.upto_id, "now": now})
     return FoldResult(bound.events, len(changes), len(deltas), bound.upto_id, time.monotonic() - started)
 
 
@@ -109,24 +124,70 @@ def stored_kpis(conn: Connection, delivery_id: int) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
-def recompute_delivery(engine: Engine, delivery_id: int) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """Compute stats for one delivery: engagement rebuilt from all its events, every KPI from the
-    logs; returns the stored KPIs before and after."""
-    now = utcnow()
+ENGAGEMENT_COUNTS = ("unique_opens", "unique_clicks", "clicks")
+
+
+@dataclass
+class Recomputed:
+    """Compute stats for one delivery: the stored KPIs before and after, and whether its engagement
+    rows disagreed with its tracking events and were rebuilt."""
+
+    delivery_id: int
+    before: dict[str, Any] | None
+    after: dict[str, Any]
+    engagement_rebuilt: int | None = None
+    engagement_mismatch: str | None = None
+
+
+def recompute_delivery(
+    engine: Engine, delivery_id: int, lag_seconds: float = DEFAULT_LAG_SECONDS, rebuild_engagement: bool = False
+) -> Recomputed:
+    """Compute stats for one delivery, in one transaction.
+
+    Tracking events not folded yet are folded first (as the hourly run would, for every delivery),
+    so the figures are as fresh as the lag allows. Every KPI is then recomputed from the sending
+    logs and engagement, and the engagement counts are checked against the tracking events
+    themselves: when they disagree (or ``rebuild_engagement`` asks for it) the delivery's
+    engagement rows are rebuilt from its events before the KPIs are stored. The check reads only
+    covering indexes, so the common case costs a few index scans and writes one row.
+    """
     with engine.begin() as conn:
         lock_engagement(conn)
+        _fold_new_events(conn, lag_seconds, time.monotonic())
+        upto_id = conn.execute(sql("select_engagement_watermark")).scalar_one()
         before = stored_kpis(conn, delivery_id)
-        conn.execute(sql("delete_delivery_engagement"), {"delivery_id": delivery_id})
-        conn.execute(sql("rebuild_delivery_engagement"), {"delivery_id": delivery_id, "now": now})
-        after = _store_kpis(conn, delivery_id)
-    return before, after
+        kpis = _delivery_kpis(conn, delivery_id)
+        from_events = dict(
+            conn.execute(sql("count_delivery_tracking"), {"delivery_id": delivery_id, "upto_id": upto_id})
+            .mappings()
+            .one()
+        )
+        mismatch = _engagement_mismatch(kpis, from_events)
+        rebuilt = None
+        if mismatch or rebuild_engagement:
+            conn.execute(sql("delete_delivery_engagement"), {"delivery_id": delivery_id})
+            rebuilt = conn.execute(
+                sql("rebuild_delivery_engagement"), {"delivery_id": delivery_id, "upto_id": upto_id, "now": utcnow()}
+            ).rowcount
+            kpis = _delivery_kpis(conn, delivery_id)
+        _write_kpis(conn, delivery_id, kpis)
+    return Recomputed(delivery_id, before, kpis, rebuilt, mismatch)
+
+
+def _engagement_mismatch(kpis: dict[str, Any], from_events: dict[str, Any]) -> str | None:
+    differences = [
+        f"{name} {kpis[name]} in engagement, {from_events[name]} in tracking_logs"
+        for name in ENGAGEMENT_COUNTS
+        if kpis[name] != from_events[name]
+    ]
+    return "; ".join(differences) or None
 
 
 def recompute_deliveries(
-    engine: Engine, delivery_ids: list[int]
-) -> list[tuple[int, dict[str, Any] | None, dict[str, Any]]]:
-    """Compute stats for several deliveries, one transaction each: (delivery, before, after)."""
-    return [(delivery_id, *recompute_delivery(engine, delivery_id)) for delivery_id in delivery_ids]
+    engine: Engine, delivery_ids: list[int], lag_seconds: float = DEFAULT_LAG_SECONDS, rebuild_engagement: bool = False
+) -> list[Recomputed]:
+    """Compute stats for several deliveries, one transaction each."""
+    return [recompute_delivery(engine, delivery_id, lag_seconds, rebuild_engagement) for delivery_id in delivery_ids]
 
 
 def deliveries_to_recompute(engine: Engine, delivery_id: int | None, days: int) -> list[int]:
@@ -144,10 +205,11 @@ def deliveries_to_recompute(engine: Engine, delivery_id: int | None, days: int) 
         return list(conn.execute(query).scalars())
 
 
-def before_after_table(changes: list[tuple[int, dict[str, Any] | None, dict[str, Any]]]) -> str:
+def before_after_table(changes: list[Recomputed]) -> str:
     """One line per delivery and KPI that changed: before, after (pandas, for the task log)."""
     rows = []
-    for delivery_id, before, after in changes:
+    for change in changes:
+        delivery_id, before, after = change.delivery_id, change.before, change.after
         for column in KPI_COLUMNS:
             old = None if before is None else before.get(column)
             new = after.get(column)

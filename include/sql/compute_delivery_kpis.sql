@@ -1,18 +1,24 @@
 -- Every KPI of one delivery from its targets, sending logs and folded engagement.
--- Rates are fractions; a zero denominator gives NULL.
-WITH logs AS (
+-- Rates are fractions; a zero denominator gives NULL. Each sending-log count is a range of the
+-- covering index broad_logs_delivery_outcome, so the whole query reads no table row of broad_logs.
+-- MATERIALIZED: PostgreSQL would otherwise inline the counts into every expression using them.
+WITH logs AS MATERIALIZED (
     SELECT
-        COUNT(CASE WHEN status = 'sent' THEN 1 END) AS delivered,
-        COUNT(CASE WHEN status IN ('bounced', 'failed') THEN 1 END) AS bounces_errors,
-        COUNT(CASE WHEN status = 'bounced' AND failure_type = 'hard' THEN 1 END) AS hard_bounces,
-        COUNT(CASE WHEN status = 'bounced' AND failure_type = 'soft' THEN 1 END) AS soft_bounces,
-        COUNT(CASE WHEN status = 'failed' THEN 1 END) AS errors,
-        COUNT(CASE WHEN status = 'ignored' THEN 1 END) AS ignored
-    FROM broad_logs
-    WHERE delivery_id = :delivery_id
+        (SELECT COUNT(*) FROM broad_logs WHERE delivery_id = :delivery_id AND status = 'sent') AS delivered,
+        (SELECT COUNT(*) FROM broad_logs WHERE delivery_id = :delivery_id AND status = 'bounced') AS bounces,
+        (SELECT COUNT(*) FROM broad_logs
+         WHERE delivery_id = :delivery_id AND status = 'bounced' AND failure_type = 'hard') AS hard_bounces,
+        (SELECT COUNT(*) FROM broad_logs
+         WHERE delivery_id = :delivery_id AND status = 'bounced' AND failure_type = 'soft') AS soft_bounces,
+        (SELECT COUNT(*) FROM broad_logs WHERE delivery_id = :delivery_id AND status = 'failed') AS errors,
+        (SELECT COUNT(*) FROM broad_logs WHERE delivery_id = :delivery_id AND status = 'ignored') AS ignored
 ),
 targets AS (
-    SELECT COUNT(*) AS to_deliver FROM delivery_targets WHERE delivery_id = :delivery_id
+    -- The audience is frozen when the delivery is prepared, and target_count counted it then.
+    SELECT COALESCE(
+        (SELECT target_count FROM deliveries WHERE id = :delivery_id),
+        (SELECT COUNT(*) FROM delivery_targets WHERE delivery_id = :delivery_id)
+    ) AS to_deliver
 ),
 engagement AS (
     SELECT
@@ -25,14 +31,15 @@ engagement AS (
 SELECT
     targets.to_deliver,
     logs.delivered,
-    logs.bounces_errors,
+    logs.bounces + logs.errors AS bounces_errors,
     logs.hard_bounces,
     logs.soft_bounces,
     logs.errors,
     logs.ignored,
-    logs.delivered + logs.bounces_errors AS processed,
-    CAST(logs.delivered AS DOUBLE PRECISION) / NULLIF(logs.delivered + logs.bounces_errors, 0) AS delivered_rate,
-    CAST(logs.bounces_errors AS DOUBLE PRECISION) / NULLIF(logs.delivered + logs.bounces_errors, 0) AS bounce_error_rate,
+    logs.delivered + logs.bounces + logs.errors AS processed,
+    CAST(logs.delivered AS DOUBLE PRECISION) / NULLIF(logs.delivered + logs.bounces + logs.errors, 0) AS delivered_rate,
+    CAST(logs.bounces + logs.errors AS DOUBLE PRECISION)
+        / NULLIF(logs.delivered + logs.bounces + logs.errors, 0) AS bounce_error_rate,
     engagement.unique_opens,
     CAST(engagement.unique_opens AS DOUBLE PRECISION) / NULLIF(logs.delivered, 0) AS open_rate,
     engagement.unique_clicks,

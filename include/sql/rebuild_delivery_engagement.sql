@@ -1,4 +1,5 @@
--- Compute stats: one delivery's engagement rebuilt from all its tracking events.
+-- Compute stats, repair: one delivery's engagement rebuilt from all its tracking events folded
+-- so far (id <= the watermark); newer ones are the next fold's.
 INSERT INTO delivery_engagement (delivery_id, profile_id, first_open_at, first_click_at, clicks, updated_at)
 SELECT delivery_id,
        profile_id,
@@ -7,5 +8,5 @@ SELECT delivery_id,
        COUNT(CASE WHEN event_type = 'click' THEN 1 END),
        :now
 FROM tracking_logs
-WHERE delivery_id = :delivery_id AND event_type IN ('open', 'click')
+WHERE delivery_id = :delivery_id AND event_type IN ('open', 'click') AND id <= :upto_id
 GROUP BY delivery_id, profile_id

@@ -1,28 +1,27 @@
--- Recipients with events in (after_id, upto_id]: their engagement recomputed from all their
--- events up to upto_id, next to the row stored so far. The work follows the new events only.
-WITH affected AS (
-    SELECT DISTINCT delivery_id, profile_id
+-- Recipients with events in (after_id, upto_id]: those new events merged into the row stored so
+-- far (earliest first open and first click, clicks added), next to that row. Only the new events
+-- are read, so the cost follows them and not the history; each event is folded exactly once
+-- because the watermark moves past upto_id in the same transaction.
+WITH new_events AS (
+    SELECT delivery_id,
+           profile_id,
+           MIN(CASE WHEN event_type IN ('open', 'click') THEN event_at END) AS first_open_at,
+           MIN(CASE WHEN event_type = 'click' THEN event_at END) AS first_click_at,
+           COUNT(CASE WHEN event_type = 'click' THEN 1 END) AS clicks
     FROM tracking_logs
-    WHERE id > :after_id AND id <= :upto_id
-),
-fresh AS (
-    SELECT t.delivery_id,
-           t.profile_id,
-           MIN(CASE WHEN t.event_type IN ('open', 'click') THEN t.event_at END) AS first_open_at,
-           MIN(CASE WHEN t.event_type = 'click' THEN t.event_at END) AS first_click_at,
-           COUNT(CASE WHEN t.event_type = 'click' THEN 1 END) AS clicks
-    FROM tracking_logs t
-    JOIN affected a ON a.delivery_id = t.delivery_id AND a.profile_id = t.profile_id
-    WHERE t.id <= :upto_id
-    GROUP BY t.delivery_id, t.profile_id
+    WHERE id > :after_id AND id <= :upto_id AND event_type IN ('open', 'click')
+    GROUP BY delivery_id, profile_id
 )
-SELECT f.delivery_id,
-       f.profile_id,
-       f.first_open_at,
-       f.first_click_at,
-       f.clicks,
+SELECT n.delivery_id,
+       n.profile_id,
+       CASE WHEN e.first_open_at IS NULL OR n.first_open_at < e.first_open_at
+            THEN n.first_open_at ELSE e.first_open_at END AS first_open_at,
+       CASE WHEN n.first_click_at IS NULL THEN e.first_click_at
+            WHEN e.first_click_at IS NULL OR n.first_click_at < e.first_click_at THEN n.first_click_at
+            ELSE e.first_click_at END AS first_click_at,
+       COALESCE(e.clicks, 0) + n.clicks AS clicks,
        e.first_open_at AS old_first_open_at,
        e.first_click_at AS old_first_click_at,
        COALESCE(e.clicks, 0) AS old_clicks
-FROM fresh f
-LEFT JOIN delivery_engagement e ON e.delivery_id = f.delivery_id AND e.profile_id = f.profile_id
+FROM new_events n
+LEFT JOIN delivery_engagement e ON e.delivery_id = n.delivery_id AND e.profile_id = n.profile_id

@@ -10,18 +10,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_make_bench_smoke_prints_the_table():
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--smoke"],
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": f"{ROOT / 'include'}:{ROOT}"},
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def test_unknown_benchmark_is_named_in_one_line():
+    done = _bench("--only", "hourly,sned")
+
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].endswith(
+        "error: unknown benchmark sned; choose among send, compute-stats, hourly, memory"
+    )
+
+
+def test_make_bench_smoke_prints_the_table():
+    done = _bench("--smoke")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert len(rows) == 7, done.stdout  # throughput, then three benchmarks on SQLite and PostgreSQL
+    # throughput, then on SQLite and PostgreSQL: compute stats (checked, rebuilt), hourly growth, memory
+    assert len(rows) == 9, done.stdout
     for row in rows:
         ratio = float(row.split("|")[5])
         assert ratio > 0, row

@@ -25,6 +25,7 @@ from campaign.schema import (
 )
 from campaign.stats import (
     KPI_COLUMNS,
+    Recomputed,
     before_after_table,
     compute_kpis,
     deliveries_to_recompute,
@@ -365,6 +366,25 @@ def test_events_folded_before_aggregation_are_counted_by_compute_kpis(campaign_d
     assert _counts(_kpi_row(engine, delivery_id)) == (2, 1, 1)
 
 
+def test_fold_keeps_the_earliest_open_and_click_across_runs(sent: Sent) -> None:
+    engine, delivery_id, p = sent.engine, sent.delivery_id, sent.ids
+    hour_ago = utcnow() - timedelta(hours=1)
+    _events(engine, delivery_id, [(p[0], "open")], at=hour_ago)
+    fold_new_events(engine, lag_seconds=0)
+    # a later run sees a newer click and an older open (its transaction committed late)
+    _events(engine, delivery_id, [(p[0], "click")], at=hour_ago + timedelta(minutes=5))
+    _events(engine, delivery_id, [(p[0], "open")], at=hour_ago - timedelta(minutes=5))
+
+    result = fold_new_events(engine, lag_seconds=0)
+
+    assert (result.events, result.recipients) == (2, 1)
+    with engine.begin() as conn:
+        row = conn.execute(select(delivery_engagement)).mappings().one()
+        from_events = conn.execute(select(func.min(tracking_logs.c.event_at), func.max(tracking_logs.c.event_at))).one()
+    assert (row["first_open_at"], row["first_click_at"], row["clicks"]) == (from_events[0], from_events[1], 1)
+    assert _counts(_kpi_row(engine, delivery_id)) == (1, 1, 1)
+
+
 # ---------------------------------------------------------------- the invariant: fold and Compute stats together
 
 
@@ -374,7 +394,9 @@ def test_fold_then_recompute_then_fold_keeps_the_figures(sent: Sent) -> None:
     fold_new_events(engine, lag_seconds=0)
     folded = _kpis_only(_kpi_row(engine, delivery_id))
 
-    before, after = recompute_delivery(engine, delivery_id)
+    recomputed = recompute_delivery(engine, delivery_id, lag_seconds=0)
+
+    before, after = recomputed.before, recomputed.after
     again = fold_new_events(engine, lag_seconds=0)
 
     assert _kpis_only(before) == folded
@@ -388,19 +410,22 @@ def test_recompute_then_fold_of_new_events_counts_nothing_twice(sent: Sent) -> N
     engine, delivery_id, p = sent.engine, sent.delivery_id, sent.ids
     _events(engine, delivery_id, [(p[0], "open"), (p[1], "click")])  # never folded
 
-    _, after = recompute_delivery(engine, delivery_id)
+    recomputed = recompute_delivery(engine, delivery_id, lag_seconds=0)
+
+    _, after = recomputed.before, recomputed.after
     assert (after["unique_opens"], after["unique_clicks"], after["clicks"]) == (2, 1, 1)
 
     _events(engine, delivery_id, [(p[0], "click"), (p[2], "open"), (p[1], "click")])
     result = fold_new_events(engine, lag_seconds=0)
 
-    assert result.events == 5  # the watermark had not passed the first two
+    assert result.events == 3  # Compute stats folded the first two
     row = _kpi_row(engine, delivery_id)
     assert _counts(row) == (3, 2, 3)
     assert row["open_rate"] == pytest.approx(3 / 4)
     assert row["click_through_rate"] == pytest.approx(2 / 4)
     assert _engagement_counts(engine, delivery_id) == (3, 2, 3)
-    before, after = recompute_delivery(engine, delivery_id)
+    recomputed = recompute_delivery(engine, delivery_id, lag_seconds=0)
+    before, after = recomputed.before, recomputed.after
     assert _kpis_only(before) == after
 
 
@@ -416,7 +441,9 @@ def test_recompute_repairs_a_corrupted_kpi_row(sent: Sent) -> None:
             .values(delivered=99, unique_opens=42, clicks=0, open_rate=0.99, click_through_rate=None)
         )
 
-    before, after = recompute_delivery(engine, delivery_id)
+    recomputed = recompute_delivery(engine, delivery_id, lag_seconds=0)
+
+    before, after = recomputed.before, recomputed.after
 
     assert (before["delivered"], before["unique_opens"], before["clicks"]) == (99, 42, 0)
     assert (before["open_rate"], before["click_through_rate"]) == (0.99, None)
@@ -424,7 +451,7 @@ def test_recompute_repairs_a_corrupted_kpi_row(sent: Sent) -> None:
     assert (after["delivered"], after["unique_opens"], after["unique_clicks"], after["clicks"]) == (4, 2, 1, 1)
     assert after["open_rate"] == pytest.approx(2 / 4)
     assert _kpis_only(_kpi_row(engine, delivery_id)) == good
-    table = before_after_table([(delivery_id, before, after)])
+    table = before_after_table([Recomputed(delivery_id, before, after)])
     assert {line.split()[1] for line in table.splitlines()[1:]} == {
         "delivered",
         "unique_opens",
@@ -443,13 +470,79 @@ def test_recompute_rebuilds_corrupted_engagement_without_a_later_double_count(se
             update(delivery_engagement).where(delivery_engagement.c.delivery_id == delivery_id).values(clicks=10)
         )
 
-    _, after = recompute_delivery(engine, delivery_id)
+    recomputed = recompute_delivery(engine, delivery_id, lag_seconds=0)
+
+    _, after = recomputed.before, recomputed.after
     _events(engine, delivery_id, [(p[0], "click")])
     fold_new_events(engine, lag_seconds=0)
 
     assert after["clicks"] == 2
+    assert recomputed.engagement_mismatch == "clicks 10 in engagement, 2 in tracking_logs"
+    assert recomputed.engagement_rebuilt == 1
     assert _engagement(engine, delivery_id) == {p[0]: (True, True, 3)}
     assert _counts(_kpi_row(engine, delivery_id)) == (1, 1, 3)
+
+
+def test_recompute_rebuilds_engagement_of_a_recipient_who_lost_a_row(sent: Sent) -> None:
+    engine, delivery_id, p = sent.engine, sent.delivery_id, sent.ids
+    _events(engine, delivery_id, [(p[0], "open"), (p[1], "click")])
+    fold_new_events(engine, lag_seconds=0)
+    with engine.begin() as conn:
+        conn.execute(delivery_engagement.delete().where(delivery_engagement.c.profile_id == p[1]))
+
+    recomputed = recompute_delivery(engine, delivery_id, lag_seconds=0)
+    _events(engine, delivery_id, [(p[1], "click")])
+    fold_new_events(engine, lag_seconds=0)
+
+    assert recomputed.engagement_mismatch == (
+        "unique_opens 1 in engagement, 2 in tracking_logs; unique_clicks 0 in engagement, 1 in tracking_logs; "
+        "clicks 0 in engagement, 1 in tracking_logs"
+    )
+    assert _counts(recomputed.after) == (2, 1, 1)
+    # had the row stayed lost, this click would have counted p[1] as a new unique opener and clicker
+    assert _counts(_kpi_row(engine, delivery_id)) == (2, 1, 2)
+
+
+def test_recompute_leaves_agreeing_engagement_rows_untouched(sent: Sent) -> None:
+    engine, delivery_id, p = sent.engine, sent.delivery_id, sent.ids
+    _events(engine, delivery_id, [(p[0], "open"), (p[1], "click"), (p[1], "click")])
+    fold_new_events(engine, lag_seconds=0)
+    with engine.begin() as conn:
+        stamps = conn.execute(select(delivery_engagement.c.profile_id, delivery_engagement.c.updated_at)).all()
+
+    recomputed = recompute_delivery(engine, delivery_id, lag_seconds=0)
+
+    assert (recomputed.engagement_mismatch, recomputed.engagement_rebuilt) == (None, None)
+    assert _counts(recomputed.after) == (2, 1, 2)
+    with engine.begin() as conn:
+        assert conn.execute(select(delivery_engagement.c.profile_id, delivery_engagement.c.updated_at)).all() == stamps
+
+
+def test_recompute_rebuilds_engagement_when_asked_even_if_it_agrees(sent: Sent) -> None:
+    engine, delivery_id, p = sent.engine, sent.delivery_id, sent.ids
+    _events(engine, delivery_id, [(p[0], "open"), (p[1], "click"), (p[1], "click")])
+    fold_new_events(engine, lag_seconds=0)
+
+    recomputed = recompute_delivery(engine, delivery_id, lag_seconds=0, rebuild_engagement=True)
+
+    assert (recomputed.engagement_mismatch, recomputed.engagement_rebuilt) == (None, 2)
+    assert _counts(recomputed.after) == (2, 1, 2)
+    assert _engagement(engine, delivery_id) == {p[0]: (True, False, 0), p[1]: (True, True, 2)}
+
+
+def test_recompute_leaves_events_younger_than_the_lag_to_the_next_fold(sent: Sent) -> None:
+    engine, delivery_id, p = sent.engine, sent.delivery_id, sent.ids
+    _events(engine, delivery_id, [(p[0], "open")])
+    _events(engine, delivery_id, [(p[1], "click")], at=utcnow())
+
+    recomputed = recompute_delivery(engine, delivery_id, lag_seconds=600)
+    later = fold_new_events(engine, lag_seconds=0)
+
+    # the young click is neither counted nor taken for a disagreement with engagement
+    assert (recomputed.engagement_mismatch, recomputed.engagement_rebuilt) == (None, None)
+    assert _counts(recomputed.after) == (1, 0, 0)
+    assert later.events == 1
+    assert _counts(_kpi_row(engine, delivery_id)) == (2, 1, 1)
 
 
 def test_compute_kpis_stores_what_recompute_delivery_produces(sent: Sent) -> None:
@@ -459,21 +552,24 @@ def test_compute_kpis_stores_what_recompute_delivery_produces(sent: Sent) -> Non
 
     kpis = compute_kpis(engine, delivery_id)
     stored = _kpis_only(_kpi_row(engine, delivery_id))
-    before, after = recompute_delivery(engine, delivery_id)
+    recomputed = recompute_delivery(engine, delivery_id, lag_seconds=0)
+    before, after = recomputed.before, recomputed.after
 
     assert stored == kpis
     assert _kpis_only(before) == stored
     assert after == stored
     assert _kpis_only(_kpi_row(engine, delivery_id)) == stored
     assert (stored["unique_opens"], stored["unique_clicks"], stored["clicks"]) == (3, 1, 2)
-    assert before_after_table([(delivery_id, before, after)]) == "no KPI changed"
+    assert before_after_table([Recomputed(delivery_id, before, after)]) == "no KPI changed"
 
 
 def test_recompute_of_a_delivery_without_a_kpi_row_has_no_before(sent: Sent) -> None:
     with sent.engine.begin() as conn:
         conn.execute(delivery_kpis.delete().where(delivery_kpis.c.delivery_id == sent.delivery_id))
 
-    before, after = recompute_delivery(sent.engine, sent.delivery_id)
+    recomputed = recompute_delivery(sent.engine, sent.delivery_id, lag_seconds=0)
+
+    before, after = recomputed.before, recomputed.after
 
     assert before is None
     assert (after["to_deliver"], after["delivered"], after["processed"]) == (5, 4, 5)
@@ -531,7 +627,7 @@ def test_before_after_table_lists_only_the_changed_kpis() -> None:
     before = _full_kpis()
     after = _full_kpis(unique_opens=2, open_rate=0.5)
 
-    table = before_after_table([(7, before, after), (8, _full_kpis(), _full_kpis())])
+    table = before_after_table([Recomputed(7, before, after), Recomputed(8, _full_kpis(), _full_kpis())])
 
     header, *lines = table.splitlines()
     assert header.split() == ["delivery", "kpi", "before", "after"]
@@ -546,12 +642,16 @@ def test_before_after_table_says_when_nothing_changed() -> None:
     same = _full_kpis(open_rate=1 / 3)
     nearly = _full_kpis(open_rate=1 / 3 + 1e-15)  # float noise is not a change
 
-    assert before_after_table([(7, same, nearly), (8, _full_kpis(), _full_kpis())]) == "no KPI changed"
+    assert (
+        before_after_table([Recomputed(7, same, nearly), Recomputed(8, _full_kpis(), _full_kpis())]) == "no KPI changed"
+    )
     assert before_after_table([]) == "no KPI changed"
 
 
 def test_before_after_table_lists_every_kpi_of_a_delivery_without_a_previous_row() -> None:
-    table = before_after_table([(9, None, _full_kpis(open_rate=None, click_through_rate=None))])  # even None rates
+    table = before_after_table(
+        [Recomputed(9, None, _full_kpis(open_rate=None, click_through_rate=None))]
+    )  # even None rates
 
     rows = _table_rows(table)
     assert [r[1] for r in rows] == list(KPI_COLUMNS)
@@ -560,7 +660,9 @@ def test_before_after_table_lists_every_kpi_of_a_delivery_without_a_previous_row
 
 
 def test_before_after_table_shows_a_rate_appearing_or_disappearing() -> None:
-    table = before_after_table([(7, _full_kpis(open_rate=None), _full_kpis(open_rate=0.5, click_through_rate=None))])
+    table = before_after_table(
+        [Recomputed(7, _full_kpis(open_rate=None), _full_kpis(open_rate=0.5, click_through_rate=None))]
+    )
 
     assert [r[1] for r in _table_rows(table)] == ["open_rate", "click_through_rate"]
 
@@ -569,7 +671,7 @@ def test_before_after_table_prints_counts_as_integers() -> None:
     before = _full_kpis(click_through_rate=None)
     after = _full_kpis(unique_opens=2, open_rate=0.5, click_through_rate=0.25)
 
-    rows = _table_rows(before_after_table([(7, before, after)]))
+    rows = _table_rows(before_after_table([Recomputed(7, before, after)]))
 
     assert rows[0] == ["7", "unique_opens", "1", "2"]
     assert rows[2][:3] == ["7", "click_through_rate", "None"]
