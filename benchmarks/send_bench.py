@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import smtplib
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parseaddr
 from pathlib import Path
 
@@ -62,7 +62,7 @@ def send_throughput(folder: Path, smtp_port: int, recipients: int) -> Ratio:
     delivery_id = _ready_delivery(engine, recipients)
     with standalone(folder, database, smtp_port, {USER: PASSWORD}, f"{USER}:admin") as (base_url, log_path):
         client = AirflowClient(base_url, {USER: PASSWORD})
-        started = time.perf_counter()
+        started, triggered_at = time.perf_counter(), datetime.now(UTC)
         run_id = client.trigger(USER, {"delivery_id": delivery_id, "confirm": True})
         run = client.wait_for_run(run_id, USER, timeout=6 * 3600)
         pipeline_seconds = time.perf_counter() - started
@@ -73,11 +73,12 @@ def send_throughput(folder: Path, smtp_port: int, recipients: int) -> Ratio:
     return Ratio(
         f"Send throughput, {recipients:,} recipients: confirm_send / plain loop", "sqlite",
         pipeline_rate, baseline_rate, f"{pipeline_rate:,.0f} msg/s ({pipeline_seconds:.0f} s)",
-        f"{baseline_rate:,.0f} msg/s ({baseline_seconds:.0f} s)", "≥ 1.0", where_the_time_went(run, tasks),
+        f"{baseline_rate:,.0f} msg/s ({baseline_seconds:.0f} s)", "≥ 1.0",
+        where_the_time_went(triggered_at, run, tasks),
     )  # fmt: skip
 
 
-def where_the_time_went(run: dict, tasks: list[dict]) -> str:
+def where_the_time_went(triggered_at: datetime, run: dict, tasks: list[dict]) -> str:
     """The run's wall time split by phase, from the task instances' own start and end times."""
 
     def at(value: str) -> datetime:
@@ -86,13 +87,13 @@ def where_the_time_went(run: dict, tasks: list[dict]) -> str:
     chunks = [t for t in tasks if t["task_id"] == "send_chunk"]
     before_send = [t for t in tasks if t["task_id"] in ("check_role", "validate", "start_send", "plan_chunks")]
     aggregate = next(t for t in tasks if t["task_id"] == "aggregate_kpis")
-    run_start, run_end = at(run["start_date"]), at(run["end_date"])
+    run_end = at(run["end_date"])
     first_task = min(at(t["start_date"]) for t in tasks)
     send_start, send_end = min(at(t["start_date"]) for t in chunks), max(at(t["end_date"]) for t in chunks)
     in_tasks = sum(t["duration"] for t in chunks)
     return (
-        f"run {(run_end - run_start).total_seconds():.0f} s = "
-        f"{(first_task - run_start).total_seconds():.0f} s until the first task starts, "
+        f"trigger to end of run {(run_end - triggered_at).total_seconds():.0f} s = "
+        f"{(first_task - triggered_at).total_seconds():.0f} s until the first task starts, "
         f"{(send_start - first_task).total_seconds():.0f} s for the {len(before_send)} tasks before the send "
         f"({sum(t['duration'] for t in before_send):.0f} s of it running), "
         f"{(send_end - send_start).total_seconds():.0f} s of sending ({len(chunks)} chunks, "
