@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,10 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 # Parallel chunk tasks write to the same SQLite file: WAL lets readers go on while one writes,
 # and the busy timeout makes a writer wait for the lock instead of failing at once.
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+# The SQL files bind datetimes directly. Python 3.12 deprecates sqlite3's default adapter for
+# them; this one writes the very same text, so stored values keep their format across versions.
+sqlite3.register_adapter(datetime, lambda value: value.isoformat(" "))
 
 
 @functools.cache

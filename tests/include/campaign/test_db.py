@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import TextClause
+from sqlalchemy import TextClause, text
 from sqlalchemy.engine import make_url
 
 from campaign.db import SQL_DIR, make_engine, sql, url_from_connection_fields
@@ -80,6 +81,18 @@ def test_sqlite_engine_enforces_foreign_keys_and_uses_wal(tmp_path: Path) -> Non
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     finally:
         engine.dispose()
+
+
+def test_sqlite_stores_a_bound_datetime_as_the_default_adapter_did(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    moment = datetime(2026, 11, 27, 2, 3, 4, 567890, tzinfo=UTC)
+    try:
+        with engine.begin() as conn:
+            stored = conn.execute(text("SELECT CAST(:moment AS TEXT)"), {"moment": moment}).scalar_one()
+    finally:
+        engine.dispose()
+
+    assert stored == "2026-11-27 02:03:04.567890+00:00"
 
 
 # ---------------------------------------------------------------- sql() and the SQL files
