@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv clean scale-out bench
+.PHONY: run test lint venv clean scale-out bench profile-chunk
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ scale-out: venv
 bench: venv
 	scripts/ensure-system-packages.sh
 	PYTHONPATH=include:. $(VENV)/bin/python -m benchmarks $(BENCH_ARGS)
+
+# Where one send_chunk spends its time (cProfile); PROFILE_ARGS="--recipients N".
+profile-chunk: venv
+	PYTHONPATH=include:. $(VENV)/bin/python -m benchmarks.profile_chunk $(PROFILE_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -9,21 +9,19 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from importlib.metadata import version
 from pathlib import Path
 
 from benchmarks.memory_bench import benchmark_tracking_secret, chunk_memory
 from benchmarks.send_bench import send_throughput
+from benchmarks.sink import smtp_sink
 from benchmarks.stats_bench import Ratio, compute_stats_cost, hourly_growth
 from campaign.db import make_engine
 from campaign.devpostgres import running_server
-from campaign.devtools import free_port, wait_until
 
 FULL = {
     "send": 100_000, "logs": 1_000_000, "events": 300_000, "history": 1_000_000, "new": 10_000,
@@ -31,33 +29,6 @@ FULL = {
 }  # fmt: skip
 BENCHMARKS = ("send", "compute-stats", "hourly", "memory")
 SMOKE = {"send": 2_000, "logs": 5_000, "events": 1_500, "history": 5_000, "new": 100, "large": 5_000, "small": 2_000}
-
-
-@contextmanager
-def smtp_sink():
-    """The local SMTP server in its own process, counting and discarding mail."""
-    port = free_port()
-    root = Path(__file__).resolve().parent.parent
-    process = subprocess.Popen(
-        [sys.executable, "-m", "campaign.devsmtp", "--port", str(port), "--discard"],
-        env={**os.environ, "PYTHONPATH": str(root / "include")},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def accepting() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    wait_until(accepting, 20, 0.1, "the SMTP sink")
-    try:
-        yield port
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def machine() -> str:

@@ -63,9 +63,11 @@ def compute_stats():
                     change.delivery_id, change.engagement_mismatch, change.engagement_rebuilt,
                 )  # fmt: skip
         rebuilt = sum(change.engagement_rebuilt is not None for change in changes)
+        folded = sum(change.events_folded for change in changes)
         log.info(
-            "recompute_kpis: %s deliveries recomputed from the logs, engagement rebuilt for %s (%.2fs)\n%s",
-            len(changes), rebuilt, time.monotonic() - started, stats.before_after_table(changes),
+            "recompute_kpis: %s deliveries recomputed from the logs, %s pending tracking events folded first, "
+            "engagement rebuilt for %s (%.2fs)\n%s",
+            len(changes), folded, rebuilt, time.monotonic() - started, stats.before_after_table(changes),
         )  # fmt: skip
         return {"deliveries": delivery_ids}
 

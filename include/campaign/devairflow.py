@@ -57,6 +57,60 @@ class AirflowClient:
         return response.json()["task_instances"]
 
 
+def airflow_env(
+    home: Path,
+    api_port: int,
+    users: dict[str, str],
+    roles: str,
+    campaign_connection: dict,
+    smtp_port: int,
+) -> dict[str, str]:
+    """The environment of every process of a throw-away Airflow serving our DAGs and plugin on
+    loopback: SimpleAuthManager ``users`` (passwords) with ``roles`` ("alice:admin,…"), the
+    campaign_db Connection given and campaign_smtp on ``smtp_port``. Callers add the executor."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "passwords.json").write_text(json.dumps(users))
+    venv_bin = Path(sys.executable).parent
+    return {
+        **os.environ,
+        "PATH": f"{venv_bin}:{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT / "include"),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": roles,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__API__PORT": str(api_port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW_CONN_CAMPAIGN_DB": json.dumps(campaign_connection),
+        "AIRFLOW_CONN_CAMPAIGN_SMTP": json.dumps(
+            {
+                "conn_type": "smtp",
+                "host": "127.0.0.1",
+                "port": smtp_port,
+                "extra": {"disable_tls": True, "disable_ssl": True, "timeout": 30, "retry_limit": 0},
+            }
+        ),
+        "CAMPAIGN_TRACKING_BASE_URL": f"http://127.0.0.1:{api_port}/campaign",
+    }
+
+
+def prepare_airflow(env: dict[str, str], pool_slots: int) -> None:
+    """Migrate the metadata database and create the campaign_smtp pool the send chunks run in."""
+    airflow = str(Path(sys.executable).parent / "airflow")
+    for command in (["db", "migrate"], ["pools", "set", "campaign_smtp", str(pool_slots), "campaign sends"]):
+        done = subprocess.run([airflow, *command], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"airflow {' '.join(command)} failed: {done.stderr[-2000:]}")
+
+
 @contextmanager
 def standalone(
     folder: Path,
@@ -69,46 +123,12 @@ def standalone(
 ) -> Iterator[tuple[str, Path]]:
     """Start it; yields (base URL, log path) once confirm_send is served. ``roles``: "alice:admin,…"."""
     home = folder / "airflow"
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "passwords.json").write_text(json.dumps(users))
     api_port = free_port()
-    venv_bin = Path(sys.executable).parent
-    env = {
-        **os.environ,
-        "PATH": f"{venv_bin}:{os.environ['PATH']}",
-        "PYTHONPATH": str(ROOT / "include"),
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": roles,
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-        "AIRFLOW__API__PORT": str(api_port),
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW_CONN_CAMPAIGN_DB": json.dumps({"conn_type": "sqlite", "host": str(campaign_db)}),
-        "AIRFLOW_CONN_CAMPAIGN_SMTP": json.dumps(
-            {
-                "conn_type": "smtp",
-                "host": "127.0.0.1",
-                "port": smtp_port,
-                "extra": {"disable_tls": True, "disable_ssl": True, "timeout": 30, "retry_limit": 0},
-            }
-        ),
-        "CAMPAIGN_TRACKING_BASE_URL": f"http://127.0.0.1:{api_port}/campaign",
-        **(extra_env or {}),
-    }
-    airflow = str(venv_bin / "airflow")
-    for command in (["db", "migrate"], ["pools", "set", "campaign_smtp", str(pool_slots), "campaign sends"]):
-        done = subprocess.run([airflow, *command], env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"airflow {' '.join(command)} failed: {done.stderr[-2000:]}")
+    campaign_connection = {"conn_type": "sqlite", "host": str(campaign_db)}
+    env = airflow_env(home, api_port, users, roles, campaign_connection, smtp_port)
+    env.update({"AIRFLOW__CORE__EXECUTOR": "LocalExecutor", **(extra_env or {})})
+    prepare_airflow(env, pool_slots)
+    airflow = str(Path(sys.executable).parent / "airflow")
     log_path = folder / "standalone.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(

@@ -184,13 +184,22 @@ delivery_engagement = Table(
     metadata,
     Column("delivery_id", Id, ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
     Column("profile_id", Id, ForeignKey("profiles.id"), nullable=False),
-    Column("first_open_at", DateTime(timezone=True), comment="first open or click (a click proves an open)"),
+    Column(
+        "first_open_at",
+        DateTime(timezone=True),
+        nullable=False,
+        comment="first open or click (a click proves an open): every row is an opener",
+    ),
     Column("first_click_at", DateTime(timezone=True)),
     Column("clicks", Integer, nullable=False, server_default="0"),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("delivery_id", "profile_id"),
+    CheckConstraint("(clicks > 0) = (first_click_at IS NOT NULL)", name="delivery_engagement_clicked_iff_clicks"),
     comment="per-recipient engagement folded from tracking_logs; the KPI counts are its sums",
 )
+# With the two rules above, unique opens, unique clicks and clicks of a delivery are counts and a
+# sum over this narrow index alone (compute_delivery_kpis.sql).
+Index("delivery_engagement_clicks", delivery_engagement.c.delivery_id, delivery_engagement.c.clicks)
 
 tracking_watermarks = Table(
     "tracking_watermarks",

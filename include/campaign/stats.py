@@ -137,6 +137,7 @@ class Recomputed:
     after: dict[str, Any]
     engagement_rebuilt: int | None = None
     engagement_mismatch: str | None = None
+    events_folded: int = 0  # pending tracking events (of any delivery) folded first
 
 
 def recompute_delivery(
@@ -153,7 +154,7 @@ def recompute_delivery(
     """
     with engine.begin() as conn:
         lock_engagement(conn)
-        _fold_new_events(conn, lag_seconds, time.monotonic())
+        folded = _fold_new_events(conn, lag_seconds, time.monotonic())
         upto_id = conn.execute(sql("select_engagement_watermark")).scalar_one()
         before = stored_kpis(conn, delivery_id)
         kpis = _delivery_kpis(conn, delivery_id)
@@ -171,7 +172,7 @@ def recompute_delivery(
             ).rowcount
             kpis = _delivery_kpis(conn, delivery_id)
         _write_kpis(conn, delivery_id, kpis)
-    return Recomputed(delivery_id, before, kpis, rebuilt, mismatch)
+    return Recomputed(delivery_id, before, kpis, rebuilt, mismatch, folded.events)
 
 
 def _engagement_mismatch(kpis: dict[str, Any], from_events: dict[str, Any]) -> str | None:

@@ -40,3 +40,21 @@ def test_make_bench_smoke_prints_the_table():
         ratio = float(row.split("|")[5])
         assert ratio > 0, row
     assert "cores" in done.stdout and "Airflow 3.3.2" in done.stdout
+
+
+def test_profile_chunk_splits_the_time_of_one_chunk_by_stage():
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.profile_chunk", "--recipients", "60"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": f"{ROOT / 'include'}:{ROOT}"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("send_chunk of 60 tracked messages: 60 sent in "), done.stdout
+    stage_lines = done.stdout.splitlines()[1:6]
+    stages = {line.split("%", 1)[1].split(" (")[0].strip(): float(line.split()[0]) for line in stage_lines}
+    assert set(stages) == {"SMTP conversation", "email flattening", "rendering", "message building", "database"}
+    assert all(seconds > 0 for seconds in stages.values()), stages

@@ -9,7 +9,6 @@ prints the figures.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -30,6 +29,7 @@ from testsupport import free_port, wait_for
 from campaign import deliveries, operators
 from campaign.clock import utcnow
 from campaign.db import make_engine
+from campaign.devairflow import airflow_env, prepare_airflow
 from campaign.devsmtp import start_server
 from campaign.schema import ROLE_START_DELIVERIES, create_schema, profiles
 from campaign.sending import DEFAULT_COMMIT_EVERY
@@ -89,9 +89,6 @@ def _seed(engine) -> int:
 def test_two_celery_workers_share_the_send_and_survive_a_killed_worker(postgres_server, tmp_path):
     started_at = time.monotonic()
     folder = Path(tempfile.mkdtemp(prefix="campaign-scale-"))
-    home = folder / "airflow"
-    home.mkdir()
-    (home / "passwords.json").write_text(json.dumps({"alice": PASSWORD}))
     metadata_url = postgres_server.create_database("airflow_scale")
     campaign_url = postgres_server.create_database("campaign_scale")
     engine = make_engine(campaign_url)
@@ -100,54 +97,30 @@ def test_two_celery_workers_share_the_send_and_survive_a_killed_worker(postgres_
     redis_port, api_port, smtp_port = free_port(), free_port(), free_port()
     redis = _redis(redis_port, folder)
     controller, sink = start_server(tmp_path / "maildir", port=smtp_port)
-    venv_bin = Path(sys.executable).parent
-    env = {
-        **os.environ,
-        "PATH": f"{venv_bin}:{os.environ['PATH']}",
-        "PYTHONPATH": str(ROOT / "include"),
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
-        "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + metadata_url,
-        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "alice:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-        "AIRFLOW__API__PORT": str(api_port),
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
-        "AIRFLOW__API_AUTH__JWT_SECRET": "scale-test-" + os.urandom(8).hex(),
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW_CONN_CAMPAIGN_DB": json.dumps(
-            {
-                "conn_type": "postgres",
-                "host": postgres_server.host,
-                "port": postgres_server.port,
-                "schema": "campaign_scale",
-                "login": postgres_server.user,
-            }
-        ),
-        "AIRFLOW_CONN_CAMPAIGN_SMTP": json.dumps(
-            {
-                "conn_type": "smtp",
-                "host": "127.0.0.1",
-                "port": smtp_port,
-                "extra": {"disable_tls": True, "disable_ssl": True, "timeout": 30, "retry_limit": 0},
-            }
-        ),
-        "CAMPAIGN_RETRY_DELAY_SECONDS": "2",
+    campaign_connection = {
+        "conn_type": "postgres",
+        "host": postgres_server.host,
+        "port": postgres_server.port,
+        "schema": "campaign_scale",
+        "login": postgres_server.user,
     }
-    airflow = str(venv_bin / "airflow")
-    for command in (["db", "migrate"], ["pools", "set", "campaign_smtp", "8", "scale"]):
-        done = subprocess.run([airflow, *command], env=env, capture_output=True, text=True)
-        output = f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        assert done.returncode == 0, f"airflow {' '.join(command)} failed:\n{output}"
+    env = airflow_env(folder / "airflow", api_port, {"alice": PASSWORD}, "alice:admin", campaign_connection, smtp_port)
+    env.update(
+        {
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
+            "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + metadata_url,
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
+            # api-server, scheduler and workers are separate processes: they must share the JWT secret
+            "AIRFLOW__API_AUTH__JWT_SECRET": "scale-test-" + os.urandom(8).hex(),
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+            "CAMPAIGN_RETRY_DELAY_SECONDS": "2",
+        }
+    )
+    prepare_airflow(env, pool_slots=8)
+    airflow = str(Path(sys.executable).parent / "airflow")
 
     processes: dict[str, subprocess.Popen] = {}
     logs = {}

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
+from campaign import deliveries
+from campaign.clock import utcnow
 from campaign.db import SQL_DIR
-from campaign.schema import create_schema, metadata
+from campaign.schema import create_schema, delivery_engagement, metadata, profiles
 
 
 def _index_names(engine, table: str) -> set[str]:
@@ -34,6 +37,7 @@ def test_create_schema_adds_indexes_missing_from_an_existing_database(campaign_d
     ("statement", "table"),
     [
         ("compute_delivery_kpis", "broad_logs"),
+        ("compute_delivery_kpis", "delivery_engagement"),
         ("count_delivery_tracking", "tracking_logs"),
     ],
 )
@@ -45,3 +49,36 @@ def test_kpi_counts_read_only_covering_indexes_on_sqlite(sqlite_db, statement: s
     reads = [step for step in plan if f" {table} " in f" {step} "]
     assert reads, plan
     assert all("USING COVERING INDEX" in step for step in reads), plan
+
+
+@pytest.mark.parametrize(
+    ("first_open", "first_click", "clicks"),
+    [
+        (False, False, 0),  # a row that is not an opener
+        (True, False, 2),  # clicks without a first click
+        (True, True, 0),  # a first click without clicks
+    ],
+)
+def test_engagement_rows_that_would_miscount_are_refused(campaign_db, first_open, first_click, clicks) -> None:
+    engine = campaign_db.engine
+    now = utcnow()
+    with engine.begin() as conn:
+        inserted = conn.execute(profiles.insert().values(email="a@example.test", created_at=now))
+        profile_id = inserted.inserted_primary_key[0]
+    delivery_id = deliveries.create_delivery(
+        engine, {"label": "x", "sender": "s@example.test", "subject": "s", "text": "t", "html": "<p>t</p>"}
+    )
+    row = {
+        "delivery_id": delivery_id,
+        "profile_id": profile_id,
+        "first_open_at": now if first_open else None,
+        "first_click_at": now if first_click else None,
+        "clicks": clicks,
+        "updated_at": now,
+    }
+
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(delivery_engagement.insert().values(row))
+    clicker = {**row, "first_open_at": now, "first_click_at": now, "clicks": 1}
+    with engine.begin() as conn:  # while a consistent row goes in
+        conn.execute(delivery_engagement.insert().values(clicker))

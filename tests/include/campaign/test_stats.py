@@ -418,6 +418,7 @@ def test_recompute_then_fold_of_new_events_counts_nothing_twice(sent: Sent) -> N
     _events(engine, delivery_id, [(p[0], "click"), (p[2], "open"), (p[1], "click")])
     result = fold_new_events(engine, lag_seconds=0)
 
+    assert recomputed.events_folded == 2
     assert result.events == 3  # Compute stats folded the first two
     row = _kpi_row(engine, delivery_id)
     assert _counts(row) == (3, 2, 3)

@@ -1,0 +1,39 @@
+"""The local SMTP server of the benchmarks, in its own process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from campaign.devtools import free_port, wait_until
+
+
+@contextmanager
+def smtp_sink():
+    """The local SMTP server in its own process, counting and discarding mail."""
+    port = free_port()
+    root = Path(__file__).resolve().parent.parent
+    process = subprocess.Popen(
+        [sys.executable, "-m", "campaign.devsmtp", "--port", str(port), "--discard"],
+        env={**os.environ, "PYTHONPATH": str(root / "include")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def accepting() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    wait_until(accepting, 20, 0.1, "the SMTP sink")
+    try:
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
