@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         profiler = cProfile.Profile()
         started = time.perf_counter()
         profiler.enable()
-        result = send_chunk(engine, delivery_id, "profile", 1, args.recipients, smtp, soft_retry_delays=())
+        result = send_chunk(engine, delivery_id, "bench", 1, args.recipients, smtp, soft_retry_delays=())
         profiler.disable()
         seconds = time.perf_counter() - started
     stats = pstats.Stats(profiler)
