@@ -19,20 +19,13 @@ CHUNK = 1000
 # Runs in a fresh interpreter; its peak is VmHWM, which exec resets (ru_maxrss would keep the
 # benchmark process's own peak, inherited through fork).
 _CHILD = """
-import json, smtplib, sys
-from contextlib import contextmanager
+import json, sys
+from benchmarks.sink import smtp_factory
 from campaign.db import make_engine
 from campaign.sending import send_chunk
 url = sys.argv[1]
 delivery_id, port, first, last = (int(value) for value in sys.argv[2:6])
-@contextmanager
-def smtp():
-    client = smtplib.SMTP("127.0.0.1", port, timeout=30)
-    try:
-        yield client
-    finally:
-        client.quit()
-result = send_chunk(make_engine(url), delivery_id, "bench", first, last, smtp, soft_retry_delays=())
+result = send_chunk(make_engine(url), delivery_id, "bench", first, last, smtp_factory(port), soft_retry_delays=())
 status = open("/proc/self/status").read().splitlines()
 peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 print(json.dumps({"rss_kib": peak_kib, "sent": result.counts["sent"]}))

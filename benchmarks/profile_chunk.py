@@ -10,16 +10,14 @@ import argparse
 import cProfile
 import io
 import pstats
-import smtplib
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks import datagen
 from benchmarks.memory_bench import benchmark_tracking_secret, sending_delivery
-from benchmarks.sink import smtp_sink
+from benchmarks.sink import smtp_factory, smtp_sink
 from campaign.db import make_engine
 from campaign.sending import send_chunk
 
@@ -51,18 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         datagen.profiles(engine, args.recipients)
         delivery_id = sending_delivery(engine, args.recipients)
 
-        @contextmanager
-        def smtp():
-            client = smtplib.SMTP("127.0.0.1", port, timeout=30)
-            try:
-                yield client
-            finally:
-                client.quit()
-
         profiler = cProfile.Profile()
         started = time.perf_counter()
         profiler.enable()
-        result = send_chunk(engine, delivery_id, "bench", 1, args.recipients, smtp, soft_retry_delays=())
+        result = send_chunk(engine, delivery_id, "bench", 1, args.recipients, smtp_factory(port), soft_retry_delays=())
         profiler.disable()
         seconds = time.perf_counter() - started
     stats = pstats.Stats(profiler)

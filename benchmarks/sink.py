@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import smtplib
 import socket
 import subprocess
 import sys
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from campaign.devtools import free_port, wait_until
@@ -37,3 +39,17 @@ def smtp_sink():
     finally:
         process.terminate()
         process.wait(10)
+
+
+def smtp_factory(port: int) -> Callable[[], AbstractContextManager[smtplib.SMTP]]:
+    """What send_chunk takes to open its SMTP connection: a plain one to the sink on ``port``."""
+
+    @contextmanager
+    def connection() -> Iterator[smtplib.SMTP]:
+        client = smtplib.SMTP("127.0.0.1", port, timeout=30)
+        try:
+            yield client
+        finally:
+            client.quit()
+
+    return connection
