@@ -56,19 +56,9 @@ def compute_stats():
         engine = campaign_engine()
         delivery_ids = stats.deliveries_to_recompute(engine, params.get("delivery_id"), params["days"])
         changes = stats.recompute_deliveries(engine, delivery_ids, LAG_SECONDS, params["rebuild_engagement"])
-        for change in changes:
-            if change.engagement_mismatch:
-                log.warning(
-                    "delivery %s: engagement disagreed with the tracking logs (%s); rebuilt %s recipient rows",
-                    change.delivery_id, change.engagement_mismatch, change.engagement_rebuilt,
-                )  # fmt: skip
-        rebuilt = sum(change.engagement_rebuilt is not None for change in changes)
-        folded = sum(change.events_folded for change in changes)
-        log.info(
-            "recompute_kpis: %s deliveries recomputed from the logs, %s pending tracking events folded first, "
-            "engagement rebuilt for %s (%.2fs)\n%s",
-            len(changes), folded, rebuilt, time.monotonic() - started, stats.before_after_table(changes),
-        )  # fmt: skip
+        for warning in stats.engagement_warnings(changes):
+            log.warning(warning)
+        log.info(stats.recompute_summary(changes, time.monotonic() - started))
         return {"deliveries": delivery_ids}
 
     recompute_kpis()

@@ -222,6 +222,26 @@ def before_after_table(changes: list[Recomputed]) -> str:
     return pd.DataFrame(rows, dtype=object).to_string(index=False)
 
 
+def engagement_warnings(changes: list[Recomputed]) -> list[str]:
+    """One sentence per delivery whose engagement disagreed with its tracking logs."""
+    return [
+        f"delivery {change.delivery_id}: engagement disagreed with the tracking logs ({change.engagement_mismatch}); "
+        f"rebuilt {change.engagement_rebuilt} recipient rows"
+        for change in changes
+        if change.engagement_mismatch
+    ]
+
+
+def recompute_summary(changes: list[Recomputed], seconds: float) -> str:
+    """The task log's summary line of a Compute stats run, then its before/after table."""
+    rebuilt = sum(change.engagement_rebuilt is not None for change in changes)
+    folded = sum(change.events_folded for change in changes)
+    return (
+        f"recompute_kpis: {len(changes)} deliveries recomputed from the logs, {folded} pending tracking events "
+        f"folded first, engagement rebuilt for {rebuilt} ({seconds:.2f}s)\n{before_after_table(changes)}"
+    )
+
+
 def _same(old: Any, new: Any) -> bool:
     if isinstance(old, float) or isinstance(new, float):
         return old is not None and new is not None and abs(old - new) < 1e-12

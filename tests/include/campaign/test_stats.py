@@ -29,8 +29,10 @@ from campaign.stats import (
     before_after_table,
     compute_kpis,
     deliveries_to_recompute,
+    engagement_warnings,
     fold_new_events,
     recompute_delivery,
+    recompute_summary,
 )
 
 SPEC: dict[str, Any] = {
@@ -676,3 +678,28 @@ def test_before_after_table_prints_counts_as_integers() -> None:
 
     assert rows[0] == ["7", "unique_opens", "1", "2"]
     assert rows[2][:3] == ["7", "click_through_rate", "None"]
+
+
+def test_recompute_summary_and_warnings_name_what_compute_stats_did(sent: Sent) -> None:
+    engine, delivery_id, p = sent.engine, sent.delivery_id, sent.ids
+    _events(engine, delivery_id, [(p[0], "click"), (p[0], "click")])
+    fold_new_events(engine, lag_seconds=0)
+    with engine.begin() as conn:
+        conn.execute(
+            update(delivery_engagement).where(delivery_engagement.c.delivery_id == delivery_id).values(clicks=10)
+        )
+    _events(engine, delivery_id, [(p[1], "open")])  # pending: folded by Compute stats first
+
+    changes = [recompute_delivery(engine, delivery_id, lag_seconds=0)]
+
+    assert engagement_warnings(changes) == [
+        f"delivery {delivery_id}: engagement disagreed with the tracking logs "
+        "(clicks 10 in engagement, 2 in tracking_logs); rebuilt 2 recipient rows"
+    ]
+    first, *table = recompute_summary(changes, 1.234).splitlines()
+    assert first == (
+        "recompute_kpis: 1 deliveries recomputed from the logs, 1 pending tracking events folded first, "
+        "engagement rebuilt for 1 (1.23s)"
+    )
+    # "before" is read after the pending events are folded: the table shows what the check changed
+    assert table == ["no KPI changed"]
