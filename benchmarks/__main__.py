@@ -28,6 +28,7 @@ FULL = {
     "large": 1_000_000, "small": 10_000,
 }  # fmt: skip
 BENCHMARKS = ("send", "compute-stats", "hourly", "memory")
+BACKENDS = ("sqlite", "postgres")
 SMOKE = {"send": 2_000, "logs": 5_000, "events": 1_500, "history": 5_000, "new": 100, "large": 5_000, "small": 2_000}
 
 
@@ -70,14 +71,26 @@ def main(argv: list[str] | None = None) -> int:
     chosen = set(args.only.split(","))
     if unknown := chosen - set(BENCHMARKS):
         parser.error(f"unknown benchmark {', '.join(sorted(unknown))}; choose among {', '.join(BENCHMARKS)}")
+    backends = args.backends.split(",")
+    if unknown := set(backends) - set(BACKENDS):
+        parser.error(f"unknown backend {', '.join(sorted(unknown))}; choose among {', '.join(BACKENDS)}")
     if args.skip_send:
         chosen.discard("send")
-    sizes = SMOKE if args.smoke else FULL
+    try:
+        print(table(run(chosen, backends, SMOKE if args.smoke else FULL, args.send_size), args.smoke))
+    except (RuntimeError, TimeoutError, FileNotFoundError) as problem:
+        # a sentence, not a traceback: what failed and where its log is
+        print(f"python -m benchmarks: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(chosen: set[str], backends: list[str], sizes: dict[str, int], send_size: int | None) -> list[Ratio]:
     results: list[Ratio] = []
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="campaign-bench-") as folder:
         stack.enter_context(benchmark_tracking_secret())
         smtp_port = stack.enter_context(smtp_sink())
-        server = stack.enter_context(running_server("campaign-bench-pg-")) if "postgres" in args.backends else None
+        server = stack.enter_context(running_server("campaign-bench-pg-")) if "postgres" in backends else None
         counter = iter(range(1000))
 
         def database(backend: str) -> tuple[object, str]:
@@ -86,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             return make_engine(url), url
 
         if "send" in chosen:
-            results.append(send_throughput(Path(folder), smtp_port, args.send_size or sizes["send"]))
-        for backend in args.backends.split(","):
+            results.append(send_throughput(Path(folder), smtp_port, send_size or sizes["send"]))
+        for backend in backends:
             if "compute-stats" in chosen:
                 engine, _ = database(backend)
                 results.extend(compute_stats_cost(engine, backend, sizes["logs"], sizes["events"]))
@@ -97,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             if "memory" in chosen:
                 engine, url = database(backend)
                 results.append(chunk_memory(engine, url, backend, smtp_port, sizes["large"], sizes["small"]))
-    print(table(results, args.smoke))
-    return 0
+    return results
 
 
 if __name__ == "__main__":

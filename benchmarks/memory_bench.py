@@ -48,8 +48,11 @@ def peak_rss_kib(url: str, delivery_id: int, smtp_port: int, first: int) -> int:
     env = {**os.environ, "PYTHONPATH": f"{root / 'include'}:{root}"}
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, url, str(delivery_id), str(smtp_port), str(first), str(first + CHUNK - 1)],
-        env=env, capture_output=True, text=True, check=True,
+        env=env, capture_output=True, text=True,
     )  # fmt: skip
+    if done.returncode != 0:
+        last_line = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the send_chunk whose memory was measured failed: {last_line}")
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["sent"] == CHUNK, report
     return report["rss_kib"]

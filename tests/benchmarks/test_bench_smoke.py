@@ -30,6 +30,13 @@ def test_unknown_benchmark_is_named_in_one_line():
     )
 
 
+def test_unknown_backend_is_named_in_one_line():
+    done = _bench("--backends", "sqlite,mysql")
+
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].endswith("error: unknown backend mysql; choose among sqlite, postgres")
+
+
 def test_make_bench_smoke_prints_the_table():
     done = _bench("--smoke")
     assert done.returncode == 0, done.stderr[-3000:]
