@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+from sqlalchemy import Engine
+
+from campaign.clock import utcnow
 from campaign.devtools import free_port, wait_until
+from campaign.schema import profiles
 
 wait_for = wait_until
 
-__all__ = ["free_port", "wait_for"]
+__all__ = ["add_profile", "free_port", "wait_for"]
+
+
+def add_profile(engine: Engine, email: str) -> int:
+    """One profile, not blocklisted; returns its id."""
+    with engine.begin() as conn:
+        return conn.execute(
+            profiles.insert().values(email=email, blocklisted=False, created_at=utcnow())
+        ).inserted_primary_key[0]

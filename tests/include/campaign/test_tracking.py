@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
+from testsupport import add_profile
 
 from campaign import deliveries as delivery_steps
-from campaign.clock import utcnow
 from campaign.schema import delivery_links, profiles, tracking_logs
 from campaign.tokens import sign_token, verify_token
 from campaign.tracking import (
@@ -84,13 +84,6 @@ class World:
     other_links: dict[str, int]
 
 
-def _add_profile(engine: Engine, email: str) -> int:
-    with engine.begin() as conn:
-        return conn.execute(
-            profiles.insert().values(email=email, blocklisted=False, created_at=utcnow())
-        ).inserted_primary_key[0]
-
-
 def _prepared(engine: Engine, html: str) -> int:
     delivery_id = delivery_steps.create_delivery(
         engine,
@@ -103,11 +96,11 @@ def _prepared(engine: Engine, html: str) -> int:
 @pytest.fixture
 def world(campaign_db) -> World:
     engine = campaign_db.engine
-    alice = _add_profile(engine, "alice@example.test")
-    bob = _add_profile(engine, "bob@example.test")
+    alice = add_profile(engine, "alice@example.test")
+    bob = add_profile(engine, "bob@example.test")
     delivery = _prepared(engine, TEMPLATE)
     other = _prepared(engine, f'<a href="{ELSEWHERE}">Win</a>')
-    outsider = _add_profile(engine, "outsider@example.test")
+    outsider = add_profile(engine, "outsider@example.test")
     assert register_links(engine, delivery, TEMPLATE) == 2
     assert register_links(engine, other, f'<a href="{ELSEWHERE}">Win</a>') == 1
     return World(engine, delivery, other, alice, bob, outsider, load_links(engine, delivery), load_links(engine, other))

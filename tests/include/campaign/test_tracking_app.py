@@ -16,10 +16,9 @@ import httpx
 import pytest
 import uvicorn
 from sqlalchemy import Engine, func, select
-from testsupport import free_port
+from testsupport import add_profile, free_port
 
 from campaign import deliveries as delivery_steps
-from campaign.clock import utcnow
 from campaign.db import make_engine
 from campaign.schema import profiles, tracking_logs
 from campaign.tokens import sign_token
@@ -83,13 +82,6 @@ class Site:
         return sign_token(SECRET, "unsubscribe", self.delivery, profile or self.alice)
 
 
-def _add_profile(engine: Engine, email: str) -> int:
-    with engine.begin() as conn:
-        return conn.execute(
-            profiles.insert().values(email=email, blocklisted=False, created_at=utcnow())
-        ).inserted_primary_key[0]
-
-
 def _prepared(engine: Engine, html: str) -> int:
     spec = {"label": "Spring sale", "sender": "news@shop.test", "subject": "Hi", "text": "Hi\n", "html": html}
     delivery_id = delivery_steps.create_delivery(engine, spec)
@@ -100,11 +92,11 @@ def _prepared(engine: Engine, html: str) -> int:
 
 @contextmanager
 def _site(engine: Engine, provider: Callable[[], Engine] | None = None) -> Iterator[Site]:
-    alice = _add_profile(engine, "alice@example.test")
-    bob = _add_profile(engine, "bob@example.test")
+    alice = add_profile(engine, "alice@example.test")
+    bob = add_profile(engine, "bob@example.test")
     delivery = _prepared(engine, HTML.format(account=ACCOUNT))
     other = _prepared(engine, f'<a href="{ELSEWHERE}">Win</a>')
-    outsider = _add_profile(engine, "outsider@example.test")
+    outsider = add_profile(engine, "outsider@example.test")
     calls: list[int] = []
 
     def counting_provider() -> Engine:
