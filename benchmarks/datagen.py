@@ -81,16 +81,9 @@ def settle(engine: Engine) -> None:
     """The database at rest after a bulk load, as it is in service: on PostgreSQL autovacuum would
     have vacuumed and analysed the new rows (index-only scans need the visibility map); on SQLite
     the write-ahead log is checkpointed. SQLite gets no ANALYZE: the product never runs one."""
-    if engine.dialect.name == "postgresql":
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql("VACUUM ANALYZE")
-        return
-    # Outside any transaction, which the engine's "begin" hook would otherwise open.
-    raw = engine.raw_connection()
-    try:
-        raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        raw.close()
+    statement = "VACUUM ANALYZE" if engine.dialect.name == "postgresql" else "PRAGMA wal_checkpoint(TRUNCATE)"
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql(statement)
 
 
 def events(engine: Engine, delivery_id: int, link_id: int, count: int, recipients: int, minutes_ago: int) -> None:

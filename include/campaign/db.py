@@ -83,6 +83,9 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def _begin_immediate(connection: Connection) -> None:
     # A deferred transaction that reads and then writes fails with "database is locked" when
     # another process committed in between; taking the write lock up front makes it wait instead.
+    # A connection asked for AUTOCOMMIT (maintenance such as a WAL checkpoint) gets no transaction.
+    if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        return
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 

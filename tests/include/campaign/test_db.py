@@ -83,6 +83,24 @@ def test_sqlite_engine_enforces_foreign_keys_and_uses_wal(tmp_path: Path) -> Non
         engine.dispose()
 
 
+def test_sqlite_autocommit_connection_runs_outside_any_transaction(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+            conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            # busy, WAL frames, frames checkpointed: a checkpoint inside a transaction is refused
+            busy, frames, done = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+        with engine.begin() as conn:  # and ordinary transactions still take the write lock
+            conn.exec_driver_sql("INSERT INTO t VALUES (2)")
+            assert conn.exec_driver_sql("SELECT COUNT(*) FROM t").scalar_one() == 2
+    finally:
+        engine.dispose()
+
+    assert (busy, frames, done) == (0, 0, 0)
+
+
 def test_sqlite_stores_a_bound_datetime_as_the_default_adapter_did(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
     moment = datetime(2026, 11, 27, 2, 3, 4, 567890, tzinfo=UTC)
