@@ -464,14 +464,18 @@ def test_recompute_repairs_a_corrupted_kpi_row(sent: Sent) -> None:
     }
 
 
-def test_recompute_rebuilds_corrupted_engagement_without_a_later_double_count(sent: Sent) -> None:
-    engine, delivery_id, p = sent.engine, sent.delivery_id, sent.ids
-    _events(engine, delivery_id, [(p[0], "click"), (p[0], "click")])
+def _two_clicks_folded_then_engagement_says_ten(engine: Engine, delivery_id: int, profile_id: int) -> None:
+    _events(engine, delivery_id, [(profile_id, "click"), (profile_id, "click")])
     fold_new_events(engine, lag_seconds=0)
     with engine.begin() as conn:
         conn.execute(
             update(delivery_engagement).where(delivery_engagement.c.delivery_id == delivery_id).values(clicks=10)
         )
+
+
+def test_recompute_rebuilds_corrupted_engagement_without_a_later_double_count(sent: Sent) -> None:
+    engine, delivery_id, p = sent.engine, sent.delivery_id, sent.ids
+    _two_clicks_folded_then_engagement_says_ten(engine, delivery_id, p[0])
 
     recomputed = recompute_delivery(engine, delivery_id, lag_seconds=0)
 
@@ -682,12 +686,7 @@ def test_before_after_table_prints_counts_as_integers() -> None:
 
 def test_recompute_summary_and_warnings_name_what_compute_stats_did(sent: Sent) -> None:
     engine, delivery_id, p = sent.engine, sent.delivery_id, sent.ids
-    _events(engine, delivery_id, [(p[0], "click"), (p[0], "click")])
-    fold_new_events(engine, lag_seconds=0)
-    with engine.begin() as conn:
-        conn.execute(
-            update(delivery_engagement).where(delivery_engagement.c.delivery_id == delivery_id).values(clicks=10)
-        )
+    _two_clicks_folded_then_engagement_says_ten(engine, delivery_id, p[0])
     _events(engine, delivery_id, [(p[1], "open")])  # pending: folded by Compute stats first
 
     changes = [recompute_delivery(engine, delivery_id, lag_seconds=0)]
