@@ -14,9 +14,9 @@ from airflow.configuration import conf
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
 
-from campaign import deployment_app, tracking_app
 from campaign.airflow_glue import api_server_campaign_engine
 from campaign.tokens import tracking_secret
+from campaign.web import deployment_app, tracking_app
 
 
 class DeliveryPageLink(BaseOperatorLink):

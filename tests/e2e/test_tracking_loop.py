@@ -18,7 +18,7 @@ from testsupport import free_port
 from campaign import profiles
 from campaign.recipients import tracked_urls
 from campaign.tokens import tracking_secret
-from campaign.tracking_app import create_app
+from campaign.web.tracking_app import create_app
 
 TRACKED_SPEC = {
     **SPEC,

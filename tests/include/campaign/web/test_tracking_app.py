@@ -23,7 +23,7 @@ from campaign.db import make_engine
 from campaign.schema import profiles, tracking_logs
 from campaign.tokens import sign_token
 from campaign.tracking import load_links, register_links
-from campaign.tracking_app import create_app
+from campaign.web.tracking_app import create_app
 
 SECRET = b"tracking-app-test-secret-0123456789"
 SALE = "https://shop.test/sale?utm=spring&x=1"
