@@ -21,7 +21,7 @@ from benchmarks.send_bench import send_throughput
 from benchmarks.sink import smtp_sink
 from benchmarks.stats_bench import Ratio, compute_stats_cost, hourly_growth
 from campaign.db import make_engine
-from campaign.devpostgres import running_server
+from campaign.dev.postgres import running_server
 
 FULL = {
     "send": 100_000, "logs": 1_000_000, "events": 300_000, "history": 1_000_000, "new": 10_000,

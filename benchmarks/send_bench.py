@@ -16,7 +16,7 @@ from benchmarks import datagen
 from benchmarks.stats_bench import Ratio
 from campaign import deliveries, operators
 from campaign.db import make_engine
-from campaign.devairflow import AirflowClient, standalone
+from campaign.dev.airflow_harness import AirflowClient, standalone
 from campaign.rendering import build_email, compile_templates, recipient_context, render
 from campaign.schema import ROLE_START_DELIVERIES
 from campaign.tokens import tracking_secret

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from campaign.devtools import free_port, wait_until
+from campaign.dev.net import free_port, wait_until
 
 
 @contextmanager
@@ -20,7 +20,7 @@ def smtp_sink():
     port = free_port()
     root = Path(__file__).resolve().parent.parent
     process = subprocess.Popen(
-        [sys.executable, "-m", "campaign.devsmtp", "--port", str(port), "--discard"],
+        [sys.executable, "-m", "campaign.dev.smtp", "--port", str(port), "--discard"],
         env={**os.environ, "PYTHONPATH": str(root / "include")},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -28,7 +28,7 @@ if [ ! -f "$var/campaign.db" ]; then
   "$root/bin/campaign" demo
 fi
 
-"$bin/python" -m campaign.devsmtp --port "$SMTP_PORT" --maildir "$CAMPAIGN_MAILDIR" > "$var/devsmtp.log" 2>&1 &
+"$bin/python" -m campaign.dev.smtp --port "$SMTP_PORT" --maildir "$CAMPAIGN_MAILDIR" > "$var/devsmtp.log" 2>&1 &
 smtp_pid=$!
 trap 'kill $smtp_pid 2>/dev/null || true' EXIT
 

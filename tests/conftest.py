@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT / "include"))
 from testsupport import free_port  # noqa: E402
 
 from campaign.db import make_engine  # noqa: E402
-from campaign.devpostgres import PostgresServer, running_server, server_binary  # noqa: E402
-from campaign.devsmtp import start_server  # noqa: E402
+from campaign.dev.postgres import PostgresServer, running_server, server_binary  # noqa: E402
+from campaign.dev.smtp import start_server  # noqa: E402
 from campaign.schema import create_schema  # noqa: E402
 
 # ---------------------------------------------------------------- PostgreSQL server

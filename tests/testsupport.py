@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from campaign.clock import utcnow
-from campaign.devtools import free_port, wait_until
+from campaign.dev.net import free_port, wait_until
 from campaign.schema import profiles
 
 wait_for = wait_until

@@ -10,8 +10,8 @@ from e2e_support import DAGS_FOLDER, PASSWORDS, LiveAirflow
 from testsupport import free_port
 
 from campaign.db import make_engine
-from campaign.devairflow import standalone
-from campaign.devsmtp import start_server
+from campaign.dev.airflow_harness import standalone
+from campaign.dev.smtp import start_server
 from campaign.schema import create_schema
 
 ROOT = DAGS_FOLDER.parent

@@ -14,7 +14,7 @@ from sqlalchemy import select, text, update
 
 from campaign import deliveries, operators
 from campaign.clock import utcnow
-from campaign.devairflow import AirflowClient
+from campaign.dev.airflow_harness import AirflowClient
 from campaign.schema import ROLE_START_DELIVERIES, profiles
 
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"

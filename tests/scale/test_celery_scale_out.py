@@ -29,8 +29,8 @@ from testsupport import free_port, wait_for
 from campaign import deliveries, operators
 from campaign.clock import utcnow
 from campaign.db import make_engine
-from campaign.devairflow import airflow_env, prepare_airflow
-from campaign.devsmtp import start_server
+from campaign.dev.airflow_harness import airflow_env, prepare_airflow
+from campaign.dev.smtp import start_server
 from campaign.schema import ROLE_START_DELIVERIES, create_schema, profiles
 from campaign.sending import DEFAULT_COMMIT_EVERY
 

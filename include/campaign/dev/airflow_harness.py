@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 
-from campaign.devtools import free_port, wait_until
+from campaign.dev.net import free_port, wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class AirflowClient:

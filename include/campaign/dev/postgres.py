@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine
 
-from campaign.devtools import free_port
+from campaign.dev.net import free_port
 
 
 @dataclass
