@@ -13,7 +13,7 @@ import sys
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from campaign import deliveries, demo, operators, profiles, recipients
+from campaign import deliveries, operators, profiles
 from campaign.db import make_engine
 from campaign.errors import CampaignError, ConfigurationError
 from campaign.schema import KNOWN_ROLES, create_schema, operator_roles
@@ -89,7 +89,11 @@ def cmd_profiles_history(args: argparse.Namespace) -> None:
 
 
 def cmd_play_recipients(args: argparse.Namespace) -> None:
-    report = recipients.play(args.maildir, args.open_rate, args.click_rate, args.seed, args.limit)
+    # The development harness is imported only by the commands that use it, so the production
+    # CLI does not depend on it.
+    from campaign.dev import play_recipients
+
+    report = play_recipients.play(args.maildir, args.open_rate, args.click_rate, args.seed, args.limit)
     print(
         f"read {report.mails} mails: {report.opens} opens and {report.clicks} clicks requested, "
         f"{report.failures} failed; run tracking_rates_hourly (or wait for it) to see the rates move"
@@ -135,6 +139,8 @@ def cmd_delivery_list(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    from campaign.dev import demo
+
     summary = demo.seed_demo(_engine(args), args.profiles, args.allowed, args.refused)
     print(
         f"demo ready: {summary.profiles} profiles; delivery {summary.delivery_id} is ready with "

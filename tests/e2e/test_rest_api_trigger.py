@@ -26,7 +26,7 @@ from e2e_support import (
 from sqlalchemy import text
 
 from campaign import operators
-from campaign.recipients import tracked_urls
+from campaign.dev.play_recipients import tracked_urls
 from campaign.sending import DEFAULT_COMMIT_EVERY
 
 pytestmark = pytest.mark.airflow_server

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from testsupport import free_port
 
 from campaign import profiles
-from campaign.recipients import tracked_urls
+from campaign.dev.play_recipients import tracked_urls
 from campaign.tokens import tracking_secret
 from campaign.web.tracking_app import create_app
 
