@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmarks.memory_bench import benchmark_tracking_secret, chunk_memory
 from benchmarks.send_bench import send_throughput
-from benchmarks.sink import smtp_sink
+from benchmarks.sink import postfix_sink
 from benchmarks.stats_bench import Ratio, compute_stats_cost, hourly_growth
 from campaign.db import make_engine
 from campaign.dev.postgres import running_server
@@ -89,7 +89,7 @@ def run(chosen: set[str], backends: list[str], sizes: dict[str, int], send_size:
     results: list[Ratio] = []
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="campaign-bench-") as folder:
         stack.enter_context(benchmark_tracking_secret())
-        smtp_port = stack.enter_context(smtp_sink())
+        sink = stack.enter_context(postfix_sink())
         server = stack.enter_context(running_server("campaign-bench-pg-")) if "postgres" in backends else None
         counter = iter(range(1000))
 
@@ -99,7 +99,7 @@ def run(chosen: set[str], backends: list[str], sizes: dict[str, int], send_size:
             return make_engine(url), url
 
         if "send" in chosen:
-            results.append(send_throughput(Path(folder), smtp_port, send_size or sizes["send"]))
+            results.extend(send_throughput(Path(folder), sink, send_size or sizes["send"]))
         for backend in backends:
             if "compute-stats" in chosen:
                 engine, _ = database(backend)
@@ -109,7 +109,7 @@ def run(chosen: set[str], backends: list[str], sizes: dict[str, int], send_size:
                 results.append(hourly_growth(history, empty, backend, sizes["history"], sizes["new"]))
             if "memory" in chosen:
                 engine, url = database(backend)
-                results.append(chunk_memory(engine, url, backend, smtp_port, sizes["large"], sizes["small"]))
+                results.append(chunk_memory(engine, url, backend, sink.port, sizes["large"], sizes["small"]))
     return results
 
 
