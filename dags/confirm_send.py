@@ -8,7 +8,7 @@ import time
 from airflow.sdk import Param, dag, get_current_context, task
 
 from campaign import confirm, operators, stats
-from campaign.airflow_glue import campaign_engine, campaign_smtp, max_map_length, says_why
+from campaign.airflow_glue import campaign_engine, campaign_smtp, max_map_length, says_why, smtp_pool_slots
 from campaign.sending import send_chunk as send_chunk_of_delivery
 from dag_defaults import DEFAULT_ARGS
 
@@ -45,7 +45,11 @@ def _run_params() -> tuple[dict, str]:
             type=["null", "integer"],
             minimum=1,
             title="Chunk size",
-            description="Recipients per send_chunk task (default 1000); grows if the map would be too long.",
+            description=(
+                "Recipients per send_chunk task. Empty: sized from the target and the slots of pool "
+                "campaign_smtp (a few chunks per slot, at least 5,000 recipients each). Grows if the map "
+                "would be too long."
+            ),
         ),
     },
 )
@@ -91,12 +95,16 @@ def confirm_send():
     def plan_chunks() -> list[dict[str, int]]:
         params, _ = _run_params()
         count = confirm.target_count(campaign_engine(), params["delivery_id"])
-        chunks = confirm.plan_chunks(count, params.get("chunk_size"), max_map_length())
+        chunk_size, slots = params.get("chunk_size"), smtp_pool_slots()
+        chunks = confirm.plan_chunks(count, chunk_size, max_map_length(), slots)
         log.info(
-            "plan_chunks: %s recipients in %s chunks of up to %s",
+            "plan_chunks: %s recipients in %s chunks of up to %s (%s)",
             count,
             len(chunks),
             chunks[0].last_seq - chunks[0].first_seq + 1 if chunks else 0,
+            f"chunk_size {chunk_size} from the trigger form"
+            if chunk_size is not None
+            else f"sized for {slots} slots of pool campaign_smtp",
         )
         return [chunk.as_xcom() for chunk in chunks]
 

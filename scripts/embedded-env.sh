@@ -21,3 +21,5 @@ export AIRFLOW_CONN_CAMPAIGN_DB="{\"conn_type\": \"sqlite\", \"host\": \"$var/ca
 export AIRFLOW_CONN_CAMPAIGN_SMTP="{\"conn_type\": \"smtp\", \"host\": \"127.0.0.1\", \"port\": $SMTP_PORT, \"extra\": {\"disable_tls\": true, \"disable_ssl\": true, \"timeout\": 30, \"retry_limit\": 2}}"
 export CAMPAIGN_TRACKING_BASE_URL="http://localhost:$AIRFLOW_PORT/campaign"
 export CAMPAIGN_MAILDIR="$var/maildir"
+# Slots of pool campaign_smtp: run-embedded.sh creates the pool with it, plan_chunks sizes chunks by it.
+export CAMPAIGN_SMTP_POOL_SLOTS="${CAMPAIGN_SMTP_POOL_SLOTS:-4}"

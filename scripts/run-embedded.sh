@@ -22,7 +22,7 @@ set -a; source "$var/secrets.env"; set +a
 printf '{"alice": "%s", "bob": "%s"}\n' "$ALICE_PASSWORD" "$BOB_PASSWORD" > "$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
 
 "$bin/airflow" db migrate > "$var/airflow-migrate.log" 2>&1 || { tail -20 "$var/airflow-migrate.log"; exit 1; }
-"$bin/airflow" pools set campaign_smtp 4 "SMTP connections of campaign sends" > /dev/null
+"$bin/airflow" pools set campaign_smtp "$CAMPAIGN_SMTP_POOL_SLOTS" "SMTP connections of campaign sends" > /dev/null
 
 if [ ! -f "$var/campaign.db" ]; then
   "$root/bin/campaign" demo

@@ -26,7 +26,12 @@ from campaign.tracking import register_links
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_SIZE = 1000
+# Chunk sizing when the operator gives no chunk_size (see plan_chunks).
+MIN_CHUNK_SIZE = 5_000
+CHUNKS_PER_SLOT = 2
+# Slots of the pool campaign_smtp, as the deployment declares them (a task cannot read the pool).
+POOL_SLOTS_ENV = "CAMPAIGN_SMTP_POOL_SLOTS"
+DEFAULT_POOL_SLOTS = 4
 
 
 def validate_delivery(engine: Engine, delivery_id: Any, confirm: Any) -> Delivery:
@@ -109,9 +114,12 @@ class Chunk:
         return {"index": self.index, "first_seq": self.first_seq, "last_seq": self.last_seq}
 
 
-def plan_chunks(target_count: int, chunk_size: int | None, max_map_length: int) -> list[Chunk]:
-    """Contiguous seq ranges; the chunk size grows so the map never exceeds ``max_map_length``."""
-    size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
+def plan_chunks(
+    target_count: int, chunk_size: int | None, max_map_length: int, pool_slots: int = DEFAULT_POOL_SLOTS
+) -> list[Chunk]:
+    """Contiguous seq ranges of ``chunk_size`` recipients, or of ``auto_chunk_size`` when it is
+    None; the chunk size grows so the map never exceeds ``max_map_length``."""
+    size = auto_chunk_size(target_count, pool_slots) if chunk_size is None else chunk_size
     if size < 1:
         raise InvalidInput(f"chunk_size must be at least 1, got {chunk_size}.")
     size = max(size, math.ceil(target_count / max_map_length))
@@ -119,6 +127,33 @@ def plan_chunks(target_count: int, chunk_size: int | None, max_map_length: int) 
         Chunk(index, first, min(first + size - 1, target_count))
         for index, first in enumerate(range(1, target_count + 1, size))
     ]
+
+
+def auto_chunk_size(target_count: int, pool_slots: int) -> int:
+    """Recipients per chunk when the operator gives none: from the target size and the slots of
+    the pool ``campaign_smtp`` (how many chunks send at once).
+
+    Two forces. Airflow spends 1–2 s of CPU starting each task (a fresh task process, the DAG file
+    parsed): that must stay small against the chunk's sending, so no chunk is planned below
+    MIN_CHUNK_SIZE (5,000) recipients, which is seconds to minutes of sending, against one start-up.
+    And the send ends when its last chunk ends: with a few chunks per slot, a slot that finishes
+    early takes the next chunk instead of idling while one slow chunk ends the send; with whole
+    rounds of the pool (a multiple of the slots), no slot is left alone on a last chunk.
+
+    Rule: CHUNKS_PER_SLOT (2) chunks per slot, in whole rounds of the pool, as long as each keeps
+    at least MIN_CHUNK_SIZE recipients; a target too small for one round gets fewer, larger chunks
+    (one chunk below 2 × MIN_CHUNK_SIZE). The chunks are of equal size (the last one smaller by
+    the rounding). Examples with 4 slots: 100,000 recipients → 8 chunks of 12,500; 1,000,000 → 8
+    of 125,000; 30,000 → 4 of 7,500; 12,000 → 2 of 6,000; 2,000 → 1.
+    """
+    if pool_slots < 1:
+        raise InvalidInput(f"the pool campaign_smtp must have at least 1 slot, got {pool_slots}.")
+    fitting = target_count // MIN_CHUNK_SIZE  # how many chunks keep the minimum size
+    if fitting >= pool_slots:
+        count = min(pool_slots * CHUNKS_PER_SLOT, fitting - fitting % pool_slots)
+    else:
+        count = max(1, fitting)
+    return max(1, math.ceil(target_count / count))
 
 
 def target_count(engine: Engine, delivery_id: int) -> int:

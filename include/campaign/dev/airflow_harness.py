@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from campaign.confirm import POOL_SLOTS_ENV
 from campaign.dev.net import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -103,7 +104,9 @@ def airflow_env(
 
 
 def prepare_airflow(env: dict[str, str], pool_slots: int) -> None:
-    """Migrate the metadata database and create the campaign_smtp pool the send chunks run in."""
+    """Migrate the metadata database and create the campaign_smtp pool the send chunks run in;
+    ``env`` gets the slot count too (CAMPAIGN_SMTP_POOL_SLOTS), which plan_chunks sizes chunks by."""
+    env[POOL_SLOTS_ENV] = str(pool_slots)
     airflow = str(Path(sys.executable).parent / "airflow")
     for command in (["db", "migrate"], ["pools", "set", "campaign_smtp", str(pool_slots), "campaign sends"]):
         done = subprocess.run([airflow, *command], env=env, capture_output=True, text=True)

@@ -7,8 +7,10 @@ from sqlalchemy import insert, select, update
 
 from campaign.clock import utcnow
 from campaign.confirm import (
-    DEFAULT_CHUNK_SIZE,
+    CHUNKS_PER_SLOT,
+    MIN_CHUNK_SIZE,
     Chunk,
+    auto_chunk_size,
     format_kpi_table,
     plan_chunks,
     start_send,
@@ -27,11 +29,72 @@ def test_plan_chunks_splits_into_contiguous_ranges() -> None:
     assert Chunk(3, 10, 10).as_xcom() == {"index": 3, "first_seq": 10, "last_seq": 10}
 
 
-def test_plan_chunks_default_size() -> None:
+def test_plan_chunks_without_a_chunk_size_sizes_from_the_target_and_the_pool() -> None:
+    chunks = plan_chunks(100_000, None, 1024, pool_slots=4)
+
+    assert (MIN_CHUNK_SIZE, CHUNKS_PER_SLOT) == (5_000, 2)
+    assert [(c.first_seq, c.last_seq) for c in chunks] == [(1 + i * 12_500, (i + 1) * 12_500) for i in range(8)]
+
+
+def test_plan_chunks_without_a_chunk_size_keeps_a_small_target_in_one_chunk() -> None:
     chunks = plan_chunks(2500, None, 1024)
 
-    assert DEFAULT_CHUNK_SIZE == 1000
-    assert [(c.first_seq, c.last_seq) for c in chunks] == [(1, 1000), (1001, 2000), (2001, 2500)]
+    assert [(c.first_seq, c.last_seq) for c in chunks] == [(1, 2500)]
+
+
+@pytest.mark.parametrize(
+    ("count", "slots", "chunks", "size"),
+    [
+        (1_000_000, 4, 8, 125_000),  # two rounds of the pool, large chunks
+        (100_000, 4, 8, 12_500),
+        (45_000, 4, 8, 5_625),  # two rounds, each chunk still above the minimum
+        (30_000, 4, 4, 7_500),  # six chunks would keep the minimum, but one round of four balances
+        (20_000, 4, 4, 5_000),
+        (12_000, 4, 2, 6_000),  # too small for a round: fewer chunks, none below the minimum
+        (9_999, 4, 1, 9_999),
+        (2_000, 4, 1, 2_000),
+        (1, 4, 1, 1),
+        (100_000, 1, 2, 50_000),
+        (100_000, 8, 16, 6_250),
+        (100_000, 100, 20, 5_000),  # more slots than minimum-size chunks: not every slot is used
+    ],
+)
+def test_auto_chunk_size_examples(count: int, slots: int, chunks: int, size: int) -> None:
+    assert auto_chunk_size(count, slots) == size
+    assert len(plan_chunks(count, None, 1024, pool_slots=slots)) == chunks
+
+
+@pytest.mark.parametrize("slots", [1, 2, 3, 4, 7, 8, 32])
+@pytest.mark.parametrize("count", [1, 4_999, 5_000, 9_999, 10_000, 19_999, 20_000, 39_999, 77_777, 100_000, 999_999])
+def test_auto_chunks_keep_the_minimum_size_and_whole_rounds_of_the_pool(count: int, slots: int) -> None:
+    chunks = plan_chunks(count, None, 1024, pool_slots=slots)
+    sizes = [c.last_seq - c.first_seq + 1 for c in chunks]
+
+    assert sum(sizes) == count
+    assert len(chunks) <= slots * CHUNKS_PER_SLOT
+    if len(chunks) > 1:  # a lone chunk is the whole target, however small
+        assert min(sizes) >= MIN_CHUNK_SIZE, sizes
+    if len(chunks) >= slots:
+        assert len(chunks) % slots == 0, sizes
+    assert max(sizes) - min(sizes) < len(chunks), sizes  # equal, but for the rounding of the last one
+
+
+def test_auto_chunks_stay_within_the_map_limit() -> None:
+    chunks = plan_chunks(1_000_000, None, 3, pool_slots=4)
+
+    assert len(chunks) == 3
+    assert chunks[-1].last_seq == 1_000_000
+
+
+@pytest.mark.parametrize("slots", [0, -4])
+def test_auto_chunk_size_refuses_a_pool_without_slots(slots: int) -> None:
+    with pytest.raises(InvalidInput, match=rf"^the pool campaign_smtp must have at least 1 slot, got {slots}\.$"):
+        plan_chunks(10, None, 1024, pool_slots=slots)
+
+
+def test_an_explicit_chunk_size_ignores_the_pool() -> None:
+    assert plan_chunks(100_000, 1000, 1024, pool_slots=4) == plan_chunks(100_000, 1000, 1024, pool_slots=64)
+    assert len(plan_chunks(100_000, 1000, 1024, pool_slots=4)) == 100
 
 
 @pytest.mark.parametrize(
