@@ -70,6 +70,8 @@ def send_throughput(folder: Path, sink: PostfixSink, recipients: int) -> list[Ra
         run = client.wait_for_run(run_id, USER, timeout=6 * 3600)
         pipeline_seconds = time.perf_counter() - started
         tasks = client.task_instances(run_id, USER)
+        chunks = [t["map_index"] for t in tasks if t["task_id"] == "send_chunk"]
+        peaks = [client.return_value(run_id, "send_chunk", i, USER).get("peak_rss_mib") for i in chunks]
     if run["state"] != "success":
         raise RuntimeError(f"the benchmark run failed; see {log_path}")
     _sent_all(sink, before, recipients, "confirm_send")
@@ -88,12 +90,19 @@ def send_throughput(folder: Path, sink: PostfixSink, recipients: int) -> list[Ra
                 f"Send throughput, {recipients:,} recipients, tracking on: confirm_send / {label}, "
                 f"{POOL_SLOTS} connections",
                 "sqlite", pipeline_rate, rate, measured,
-                f"{rate:,.0f} msg/s ({sized}{baselines[name]:.0f} s)", target,
+                f"{rate:,.0f} msg/s ({sized}{_seconds(baselines[name])})", target,
             )
         )  # fmt: skip
     # The phase split once, under the first row.
-    rows[0] = dataclasses.replace(rows[0], detail=where_the_time_went(triggered_at, run, tasks))
+    detail = where_the_time_went(triggered_at, run, tasks)
+    if peaks and None not in peaks:
+        detail += f"; peak memory of a send_chunk task {min(peaks):.0f}–{max(peaks):.0f} MiB"
+    rows[0] = dataclasses.replace(rows[0], detail=detail)
     return rows
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
 
 
 def where_the_time_went(triggered_at: datetime, run: dict, tasks: list[dict]) -> str:
@@ -114,7 +123,7 @@ def where_the_time_went(triggered_at: datetime, run: dict, tasks: list[dict]) ->
         f"{(first_task - triggered_at).total_seconds():.0f} s until the first task starts, "
         f"{(send_start - first_task).total_seconds():.0f} s for the {len(before_send)} tasks before the send "
         f"({sum(t['duration'] for t in before_send):.0f} s of it running), "
-        f"{(send_end - send_start).total_seconds():.0f} s of sending ({len(chunks)} chunks, "
+        f"{(send_end - send_start).total_seconds():.0f} s of sending ({len(chunks)} chunk{'s' * (len(chunks) != 1)}, "
         f"{in_tasks:.0f} s in send_chunk tasks, {in_tasks / max((send_end - send_start).total_seconds(), 1):.1f} "
         f"running at a time on average), "
         f"{(run_end - send_end).total_seconds():.0f} s from the last chunk to the end of the run "

@@ -57,6 +57,14 @@ class AirflowClient:
         response.raise_for_status()
         return response.json()["task_instances"]
 
+    def return_value(self, run_id: str, task_id: str, map_index: int, user: str, dag_id: str = "confirm_send"):
+        """What a task instance returned (its XCom ``return_value``)."""
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value"
+        response = self.api("GET", path, user, params={"map_index": map_index, "deserialize": True})
+        response.raise_for_status()
+        value = response.json()["value"]
+        return json.loads(value) if isinstance(value, str) else value
+
 
 def airflow_env(
     home: Path,
