@@ -66,3 +66,17 @@ def test_profile_chunk_splits_the_time_of_one_chunk_by_stage():
     assert set(stages) == {"SMTP conversation", "rendering", "tracked links and pixel", "message building", "database"}
     assert all(seconds > 0 for seconds in stages.values()), stages
 
+
+def test_build_bench_compares_the_old_and_new_message_bytes():
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.build_bench", "--messages", "20"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": f"{ROOT / 'include'}:{ROOT}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    ratio = done.stdout.splitlines()[-1]
+    assert ratio.split()[0] == "ratio" and float(ratio.split()[1]) > 1, done.stdout
