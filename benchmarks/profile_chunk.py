@@ -24,9 +24,9 @@ from campaign.sending import send_chunk
 # Stages by the function that does them (cumulative time, so nested stages overlap the total).
 STAGES = {
     "SMTP conversation (smtplib.SMTP.sendmail)": ("smtplib.py", "sendmail"),
-    "email flattening (email.generator)": ("generator.py", "flatten"),
     "rendering (campaign.rendering.render)": ("rendering.py", "render"),
-    "message building (campaign.rendering.build_email)": ("rendering.py", "build_email"),
+    "tracked links and pixel (campaign.tracking.Tracker.rewrite)": ("tracking.py", "rewrite"),
+    "message building (campaign.message.MessageSkeleton.build)": ("message.py", "build"),
     "database (SQLAlchemy Connection.execute)": ("base.py", "execute"),
 }
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({args.recipients / seconds:,.0f} msg/s, under cProfile)"
     )
     for stage, cumulative in stage_seconds(stats).items():
-        print(f"  {cumulative:7.2f} s  {100 * cumulative / seconds:5.1f} %  {stage}")
+        print(f"  {cumulative:8.3f} s  {100 * cumulative / seconds:5.1f} %  {stage}")
     listing = io.StringIO()
     pstats.Stats(profiler, stream=listing).sort_stats("tottime").print_stats(15)
     print(listing.getvalue())

@@ -54,5 +54,15 @@ class IncompleteSend(PermanentError):
     """Some recipients of a delivery were never processed."""
 
 
+class InvalidAddress(PermanentError, ValueError):
+    """An address cannot be written in a message header or an SMTP envelope (RFC 5321 4.1.2,
+    RFC 5322 3.4.1): no ``@``, a control character, a domain that is no valid (IDNA) host name."""
+
+
+class AddressNeedsSmtpUtf8(InvalidAddress):
+    """The address has a non-ASCII local part: only a relay offering SMTPUTF8 (RFC 6531) can
+    carry it, and there is no ASCII form of it (a local part has no punycode)."""
+
+
 class SmtpUnavailable(TransientError):
     """The SMTP server cannot be reached or dropped the connection."""

@@ -131,6 +131,9 @@ def build_email(
     secret: bytes,
     base_url: str,
 ) -> EmailMessage:
+    """The message as the standard ``email`` package builds it: the baseline of the benchmarks'
+    plain loop (benchmarks/send_bench.py). ``send_chunk`` uses ``campaign.message`` instead,
+    about 200 times cheaper, and it does not turn a long List-Unsubscribe into encoded-words."""
     domain = sender_domain(content.sender)
     token = sign_token(secret, "unsubscribe", content.delivery_id, profile_id)
     message = EmailMessage()

@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from email.utils import parseaddr
 from typing import Any
 
 from sqlalchemy import Engine
@@ -26,15 +25,17 @@ from sqlalchemy import Engine
 from campaign.clock import utcnow
 from campaign.db import sql
 from campaign.deliveries import Delivery, load_delivery
-from campaign.errors import PermanentError, SendConflict, SmtpUnavailable, TemplateProblem
-from campaign.profiles import is_valid_email
-from campaign.rendering import (
-    build_email,
-    compile_templates,
-    recipient_context,
-    render,
-    tracking_base_url,
+from campaign.errors import (
+    AddressNeedsSmtpUtf8,
+    InvalidAddress,
+    PermanentError,
+    SendConflict,
+    SmtpUnavailable,
+    TemplateProblem,
 )
+from campaign.message import BuiltMessage, MessageSkeleton
+from campaign.profiles import is_valid_email
+from campaign.rendering import compile_templates, recipient_context, render, tracking_base_url
 from campaign.tokens import tracking_secret
 from campaign.tracking import Tracker, load_links
 
@@ -75,7 +76,7 @@ class _Pending:
     """A recipient whose message got a 4xx and waits for another attempt."""
 
     recipient: dict[str, Any]
-    message: Any
+    message: BuiltMessage
     attempts: int
     code: int
     reply: str
@@ -115,8 +116,9 @@ class _ChunkSender:
             if delivery.tracking
             else None
         )
+        self.skeleton = MessageSkeleton.for_delivery(delivery.content, self.base_url, self.secret)
         self.worker = worker_identity()
-        self.sender_address = parseaddr(delivery.sender)[1]
+        self.sender_address = self.skeleton.envelope_from
         self.consecutive_message_refusals = 0
         self.buffer: list[dict[str, Any]] = []
         self.to_quarantine: list[dict[str, Any]] = []
@@ -170,7 +172,7 @@ class _ChunkSender:
         self.buffer.clear()
         self.to_quarantine.clear()
 
-    def prepare(self, recipient: dict[str, Any]):
+    def prepare(self, recipient: dict[str, Any]) -> BuiltMessage | None:
         """The message for a recipient, or None when the recipient was recorded without sending."""
         if recipient["blocklisted"] or recipient["quarantine_reason"]:
             why = "blocklisted" if recipient["blocklisted"] else "quarantined"
@@ -186,14 +188,20 @@ class _ChunkSender:
             return None
         if self.tracker is not None:
             rendered = replace(rendered, html=self.tracker.rewrite(rendered.html, recipient["profile_id"]))
-        return build_email(
-            self.delivery.content, rendered, recipient["email"], recipient["profile_id"], self.secret, self.base_url
-        )
+        try:
+            return self.skeleton.build(rendered, recipient["email"], recipient["profile_id"])
+        except AddressNeedsSmtpUtf8:
+            self.record(recipient, "failed", failure_type="hard", reason="address needs SMTPUTF8")
+        except InvalidAddress:
+            self.record(recipient, "failed", failure_type="hard", reason="malformed address")
+        return None
 
-    def attempt(self, smtp: smtplib.SMTP, recipient: dict[str, Any], message: Any, attempts: int) -> _Pending | None:
+    def attempt(
+        self, smtp: smtplib.SMTP, recipient: dict[str, Any], message: BuiltMessage, attempts: int
+    ) -> _Pending | None:
         """Send once; record the final outcome, or return the 4xx to retry later."""
         try:
-            smtp.send_message(message, from_addr=self.sender_address, to_addrs=[recipient["email"]])
+            smtp.sendmail(self.sender_address, [message.envelope_to], message.data, message.mail_options)
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = next(iter(exc.recipients.values()))
             return self._refused(recipient, message, attempts, code, _reply_text(reply), "recipient refused")
@@ -220,11 +228,11 @@ class _ChunkSender:
                 recipient, message, attempts, exc.smtp_code, _reply_text(exc.smtp_error), "message refused"
             )
         self.consecutive_message_refusals = 0
-        self.record(recipient, "sent", code=250, message_id=message["Message-ID"], attempts=attempts)
+        self.record(recipient, "sent", code=250, message_id=message.message_id, attempts=attempts)
         return None
 
     def _refused(
-        self, recipient: dict[str, Any], message: Any, attempts: int, code: int, reply: str, what: str
+        self, recipient: dict[str, Any], message: BuiltMessage, attempts: int, code: int, reply: str, what: str
     ) -> _Pending | None:
         if 400 <= code < 500:
             return _Pending(recipient, message, attempts, code, reply)
@@ -235,7 +243,7 @@ class _ChunkSender:
             reason=what,
             code=code,
             reply=reply,
-            message_id=message["Message-ID"],
+            message_id=message.message_id,
             attempts=attempts,
         )
         return None
@@ -248,7 +256,7 @@ class _ChunkSender:
             reason="temporary failure, retries exhausted",
             code=pending.code,
             reply=pending.reply,
-            message_id=pending.message["Message-ID"],
+            message_id=pending.message.message_id,
             attempts=pending.attempts,
         )
 

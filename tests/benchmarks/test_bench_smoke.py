@@ -83,5 +83,20 @@ def test_profile_chunk_splits_the_time_of_one_chunk_by_stage():
     assert done.stdout.startswith("send_chunk of 60 tracked messages: 60 sent in "), done.stdout
     stage_lines = done.stdout.splitlines()[1:6]
     stages = {line.split("%", 1)[1].split(" (")[0].strip(): float(line.split()[0]) for line in stage_lines}
-    assert set(stages) == {"SMTP conversation", "email flattening", "rendering", "message building", "database"}
+    assert set(stages) == {"SMTP conversation", "rendering", "tracked links and pixel", "message building", "database"}
     assert all(seconds > 0 for seconds in stages.values()), stages
+
+
+def test_build_bench_compares_the_old_and_new_message_bytes():
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.build_bench", "--messages", "20"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": f"{ROOT / 'include'}:{ROOT}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    ratio = done.stdout.splitlines()[-1]
+    assert ratio.split()[0] == "ratio" and float(ratio.split()[1]) > 1, done.stdout
