@@ -209,6 +209,19 @@ def test_unsubscribe_form_post_records_and_blocklists(site: Site) -> None:
     assert _blocklisted(site.engine) == {site.alice: False, site.bob: True, site.outsider: False}
 
 
+def test_a_second_one_click_post_changes_nothing(site: Site) -> None:
+    url = f"/u/{site.unsubscribe(site.bob)}"
+    first = site.http.post(url)
+    rows = _rows(site.engine)
+
+    second = site.http.post(url, headers={"User-Agent": "LinkScanner/3.0"})
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert second.text == first.text
+    assert _rows(site.engine) == rows == [(site.delivery, site.bob, "unsubscribe", None, AGENT)]
+    assert _blocklisted(site.engine) == {site.alice: False, site.bob: True, site.outsider: False}
+
+
 # ---------------------------------------------------------------- forged tokens and open redirects
 
 
