@@ -42,6 +42,11 @@ class InvalidInput(PermanentError):
     """A file, spec or parameter given by the user is wrong."""
 
 
+class InvalidAddress(InvalidInput):
+    """An email address is malformed; the message is the validator's reason, e.g. "There must be
+    something after the @-sign."."""
+
+
 class ConfigurationError(PermanentError):
     """A Connection, Variable or environment setting is missing or wrong."""
 

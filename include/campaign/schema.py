@@ -71,7 +71,7 @@ profiles = Table(
     "profiles",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("email", String(320), unique=True, comment="lower-cased"),
+    Column("email", String(320), unique=True, comment="normal form: lower-cased, IDN domain in Unicode, NFC"),
     Column("mobile", String(32)),
     Column("first_name", String(100)),
     Column("last_name", String(100)),
