@@ -47,6 +47,23 @@ class InvalidAddress(InvalidInput):
     something after the @-sign."."""
 
 
+class AddressNeedsSmtpUtf8(PermanentError):
+    """A valid address whose local part is not ASCII, for a relay that does not offer SMTPUTF8.
+
+    Such a local part can only be written in the envelope under the SMTPUTF8 extension (RFC 6531);
+    there is no ASCII form of it (a domain has one, its A-label). The same relay will refuse it on
+    every retry, so the sender records this recipient as failed and goes on. ``address`` is the
+    address as given.
+    """
+
+    def __init__(self, address: str, local_part: str) -> None:
+        super().__init__(
+            f"Cannot send to {address!r}: its local part {local_part!r} is not ASCII and the relay does not "
+            "offer SMTPUTF8 (RFC 6531), so the address cannot be written in the SMTP envelope."
+        )
+        self.address = address
+
+
 class ConfigurationError(PermanentError):
     """A Connection, Variable or environment setting is missing or wrong."""
 

@@ -1,5 +1,5 @@
 """Recipient profiles: CSV import with per-line error reports; email addresses, validated and
-normalised by email-validator."""
+normalised by email-validator, and their form on the wire."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sqlalchemy import Engine, select
 
 from campaign.clock import utcnow
 from campaign.db import sql
-from campaign.errors import InvalidAddress, InvalidInput
+from campaign.errors import AddressNeedsSmtpUtf8, InvalidAddress, InvalidInput
 from campaign.schema import profiles
 
 PROFILE_COLUMNS = ("email", "mobile", "first_name", "last_name", "locale", "blocklisted")
@@ -65,6 +65,29 @@ def is_valid_email(address: str | None) -> bool:
     except InvalidAddress:
         return False
     return True
+
+
+def smtp_address(address: str, smtputf8: bool) -> str:
+    """The form of ``address`` to write in MAIL FROM or RCPT TO on a relay.
+
+    ASCII whenever the local part is: the domain as an A-label (``info@xn--bcher-kva.example``),
+    which any relay takes, with or without SMTPUTF8. A non-ASCII local part has no ASCII form: it
+    is given as is (NFC, domain in Unicode) when the relay offers SMTPUTF8 (``smtputf8``, from its
+    EHLO reply); such a result is not ASCII, and the MAIL command must then carry the SMTPUTF8
+    parameter (RFC 6531 3.4; ``smtplib.SMTP.send_message`` adds it itself).
+
+    The local part is kept as given (a sender's ``News@`` stays ``News@``); profile addresses are
+    stored lower-cased already (``normalize_email``).
+
+    Raises InvalidAddress for a malformed address, AddressNeedsSmtpUtf8 for a non-ASCII local part
+    when ``smtputf8`` is false.
+    """
+    validated = _validated(address)
+    if validated.ascii_email is not None:
+        return validated.ascii_email
+    if not smtputf8:
+        raise AddressNeedsSmtpUtf8(address, validated.local_part)
+    return validated.normalized
 
 
 @dataclass

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from campaign.errors import InvalidAddress, InvalidInput
-from campaign.profiles import import_profiles_csv, is_valid_email, normalize_email, profile_history
+from campaign.errors import AddressNeedsSmtpUtf8, InvalidAddress, InvalidInput
+from campaign.profiles import import_profiles_csv, is_valid_email, normalize_email, profile_history, smtp_address
 from campaign.schema import profiles
 
 
@@ -299,3 +299,40 @@ def test_profile_history_finds_an_idn_profile_by_either_spelling(sqlite_db, writ
 @pytest.mark.parametrize("address", ["info@bücher.example", "prénom@example.test", "user@sub.example.test"])
 def test_internationalised_addresses_are_valid(address: str) -> None:
     assert is_valid_email(address)
+
+
+# ---------------------------------------------------------------- the address on the wire
+
+
+@pytest.mark.parametrize(
+    ("address", "smtputf8", "wire"),
+    [
+        ("ann@example.test", False, "ann@example.test"),
+        ("ann@example.test", True, "ann@example.test"),
+        ("info@bücher.example", False, "info@xn--bcher-kva.example"),
+        # Even a relay that takes UTF-8 gets the A-label: an all-ASCII envelope needs no SMTPUTF8.
+        ("info@bücher.example", True, "info@xn--bcher-kva.example"),
+        ("prénom@example.test", True, "prénom@example.test"),
+        ("prénom@bücher.example", True, "prénom@bücher.example"),
+        ("Shop.News@Shop.Example", False, "Shop.News@shop.example"),  # a sender's local part as typed
+    ],
+)
+def test_smtp_address_is_ascii_whenever_it_can_be(address: str, smtputf8: bool, wire: str) -> None:
+    assert smtp_address(address, smtputf8=smtputf8) == wire
+
+
+def test_a_non_ascii_local_part_without_smtputf8_is_a_named_error() -> None:
+    with pytest.raises(AddressNeedsSmtpUtf8) as excinfo:
+        smtp_address("prénom@bücher.example", smtputf8=False)
+
+    assert str(excinfo.value) == (
+        "Cannot send to 'prénom@bücher.example': its local part 'prénom' is not ASCII and the relay "
+        "does not offer SMTPUTF8 (RFC 6531), so the address cannot be written in the SMTP envelope."
+    )
+    assert excinfo.value.address == "prénom@bücher.example"
+
+
+@pytest.mark.parametrize("address", ["", "x@", "two..dots@example.test"])
+def test_smtp_address_of_a_malformed_address_is_invalid_address(address: str) -> None:
+    with pytest.raises(InvalidAddress):
+        smtp_address(address, smtputf8=True)
