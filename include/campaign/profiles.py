@@ -47,13 +47,14 @@ def normalize_email(address: str) -> str:
     email-validator's ``normalized`` form of the trimmed, lower-cased address: the domain
     IDNA-normalised to its Unicode form (``info@xn--bcher-kva.example`` and ``INFO@BÜCHER.example``
     are both ``info@bücher.example``), the local part in NFC (RFC 6532 3.1), so that spellings
-    of one mailbox are one profile.
+    of one mailbox are one profile. Unicode rather than the A-label: it is what people type and
+    search for and what templates show as ``profile.email``; ``smtp_address`` derives the wire form.
 
     The local part is lower-cased too, although RFC 5321 2.4 lets a server treat it as case
-    sensitive: that RFC also calls relying on it an interoperability problem, mailbox providers
-    do not, and one person must be one profile, or an unsubscribed ``Ann@`` would still be mailed
-    as ``ann@``. Every address stored so far is lower-cased, so lookups and duplicates stay right
-    on existing databases. ``str.lower`` and not ``casefold``: ``ß`` must not become ``ss``.
+    sensitive: the same section discourages relying on it, mailbox providers do not, and one
+    person must be one profile, or an unsubscribed ``Ann@`` would still be mailed as ``ann@``.
+    Every address stored so far is lower-cased, so lookups and duplicates stay right on existing
+    databases. ``str.lower`` and not ``casefold``: ``ß`` must not become ``ss``.
     """
     return _validated(address.strip().lower()).normalized
 
@@ -76,8 +77,9 @@ def smtp_address(address: str, smtputf8: bool) -> str:
     EHLO reply); such a result is not ASCII, and the MAIL command must then carry the SMTPUTF8
     parameter (RFC 6531 3.4; ``smtplib.SMTP.send_message`` adds it itself).
 
-    The local part is kept as given (a sender's ``News@`` stays ``News@``); profile addresses are
-    stored lower-cased already (``normalize_email``).
+    The local part is kept as given (a sender's ``Shop.News@`` stays so; only the RFC 2142 role
+    names such as ``Postmaster`` are lower-cased, being case-insensitive by that RFC); profile
+    addresses are stored lower-cased already (``normalize_email``).
 
     Raises InvalidAddress for a malformed address, AddressNeedsSmtpUtf8 for a non-ASCII local part
     when ``smtputf8`` is false.
