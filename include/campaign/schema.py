@@ -186,7 +186,7 @@ Index(
 # One unsubscribe event per recipient of a delivery, however many one-click POSTs arrive (RFC 8058
 # clients and link scanners repeat them, sometimes at once): a rule in the database, so that two
 # concurrent requests cannot both insert; insert_unsubscribe_event.sql does nothing on conflict.
-# Partial: opens and clicks are recorded every time, their repeats are what the KPIs count.
+# Partial: opens and clicks are recorded every time (the KPIs count every click).
 Index(
     "tracking_logs_one_unsubscribe",
     tracking_logs.c.delivery_id, tracking_logs.c.profile_id,

@@ -54,7 +54,7 @@ def create_app(engine_provider: Callable[[], Engine], secret_provider: Callable[
     # HEAD answers as GET would (status and headers; the server sends no body) and records
     # nothing: it comes from link scanners and proxies checking a URL, never from a mail client
     # showing the pixel or a person following a link (both GET), so an event would be a false
-    # open or click. Without it they got 405, which some scanners report as a broken link.
+    # open or click. Without it they got 405.
     @app.api_route("/o/{token}", methods=["GET", "HEAD"])
     def open_pixel(token: str, request: Request) -> Response:
         if request.method == "HEAD":
