@@ -42,6 +42,20 @@ class InvalidInput(PermanentError):
     """A file, spec or parameter given by the user is wrong."""
 
 
+class InvalidAddress(InvalidInput, ValueError):
+    """An email address is malformed, or cannot be written in a message header or an SMTP envelope
+    (RFC 5321 4.1.2, RFC 5322 3.4.1); the message says why (email-validator's reason at import)."""
+
+
+class AddressNeedsSmtpUtf8(InvalidAddress):
+    """A valid address whose local part is not ASCII, for a relay that does not offer SMTPUTF8.
+
+    Such a local part can only be written in the envelope under the SMTPUTF8 extension (RFC 6531);
+    there is no ASCII form of it (a domain has one, its A-label). The same relay will refuse it on
+    every retry, so the sender records this recipient as failed and goes on.
+    """
+
+
 class ConfigurationError(PermanentError):
     """A Connection, Variable or environment setting is missing or wrong."""
 
@@ -52,16 +66,6 @@ class SendRefused(PermanentError):
 
 class IncompleteSend(PermanentError):
     """Some recipients of a delivery were never processed."""
-
-
-class InvalidAddress(PermanentError, ValueError):
-    """An address cannot be written in a message header or an SMTP envelope (RFC 5321 4.1.2,
-    RFC 5322 3.4.1): no ``@``, a control character, a domain that is no valid (IDNA) host name."""
-
-
-class AddressNeedsSmtpUtf8(InvalidAddress):
-    """The address has a non-ASCII local part: only a relay offering SMTPUTF8 (RFC 6531) can
-    carry it, and there is no ASCII form of it (a local part has no punycode)."""
 
 
 class SmtpUnavailable(TransientError):

@@ -23,8 +23,12 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    inspect,
+    text,
     true,
 )
+
+from campaign.db import sql
 
 metadata = MetaData()
 
@@ -67,7 +71,7 @@ profiles = Table(
     "profiles",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("email", String(320), unique=True, comment="lower-cased"),
+    Column("email", String(320), unique=True, comment="normal form: lower-cased, IDN domain in Unicode, NFC"),
     Column("mobile", String(32)),
     Column("first_name", String(100)),
     Column("last_name", String(100)),
@@ -179,6 +183,18 @@ Index(
     postgresql_include=["id"],
 )  # fmt: skip
 
+# One unsubscribe event per recipient of a delivery, however many one-click POSTs arrive (RFC 8058
+# clients and link scanners repeat them, sometimes at once): a rule in the database, so that two
+# concurrent requests cannot both insert; insert_unsubscribe_event.sql does nothing on conflict.
+# Partial: opens and clicks are recorded every time (the KPIs count every click).
+Index(
+    "tracking_logs_one_unsubscribe",
+    tracking_logs.c.delivery_id, tracking_logs.c.profile_id,
+    unique=True,
+    sqlite_where=text("event_type = 'unsubscribe'"),
+    postgresql_where=text("event_type = 'unsubscribe'"),
+)  # fmt: skip
+
 delivery_engagement = Table(
     "delivery_engagement",
     metadata,
@@ -234,11 +250,26 @@ delivery_kpis = Table(
 )
 
 
+# A unique index added to a database made by an older version must first find the table clean:
+# the statement run, in the same transaction, before the index is created there.
+_BEFORE_UNIQUE_INDEX = {"tracking_logs_one_unsubscribe": "delete_repeated_unsubscribes"}
+
+
 def create_schema(engine: Engine) -> None:
-    """Create every missing table and index; existing ones are left as they are."""
+    """Create every missing table and index; existing ones are left as they are.
+
+    On a database made by an older version, the rows a new unique index would refuse are removed
+    first (``_BEFORE_UNIQUE_INDEX``), each index in its own transaction.
+    """
     metadata.create_all(engine)
     # create_all only indexes the tables it creates: databases made by an older version get the
     # indexes added since.
     for table in metadata.sorted_tables:
         for index in table.indexes:
-            index.create(engine, checkfirst=True)
+            with engine.begin() as conn:
+                if inspect(conn).has_index(table.name, index.name):
+                    continue
+                cleanup = _BEFORE_UNIQUE_INDEX.get(index.name)
+                if cleanup is not None:
+                    conn.execute(sql(cleanup))
+                index.create(conn)

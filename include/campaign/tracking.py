@@ -90,10 +90,14 @@ def _record(conn, delivery_id: int, profile_id: int, event_type: str, link_id: i
             "profile_id": profile_id,
             "event_type": event_type,
             "link_id": link_id,
-            "user_agent": (user_agent or "")[:MAX_USER_AGENT] or None,
+            "user_agent": _stored_user_agent(user_agent),
             "event_at": utcnow(),
         },
     )
+
+
+def _stored_user_agent(user_agent: str | None) -> str | None:
+    return (user_agent or "")[:MAX_USER_AGENT] or None
 
 
 def _is_target(conn, delivery_id: int, profile_id: int) -> bool:
@@ -103,24 +107,45 @@ def _is_target(conn, delivery_id: int, profile_id: int) -> bool:
     )
 
 
-def _record_for_target(engine: Engine, secret: bytes, purpose: str, token: str, user_agent: str | None) -> bool:
-    """Record an open or unsubscribe event of a genuine token for a recipient of its delivery."""
-    ids = verify_token(secret, purpose, token)
+def _target(conn, ids: tuple[int, ...] | None) -> tuple[int, int] | None:
+    """(delivery, profile) of a verified token when the profile is a recipient of the delivery."""
     if ids is None:
-        return False
-    delivery_id, profile_id = ids
-    with engine.begin() as conn:
-        if not _is_target(conn, delivery_id, profile_id):
-            return False
-        _record(conn, delivery_id, profile_id, purpose, None, user_agent)
-        if purpose == "unsubscribe":
-            conn.execute(sql("unsubscribe_profile"), {"profile_id": profile_id})
-    return True
+        return None
+    delivery_id, profile_id = ids[:2]
+    return (delivery_id, profile_id) if _is_target(conn, delivery_id, profile_id) else None
 
 
 def record_open(engine: Engine, secret: bytes, token: str, user_agent: str | None) -> bool:
     """True when the token is genuine and the open was recorded."""
-    return _record_for_target(engine, secret, "open", token, user_agent)
+    ids = verify_token(secret, "open", token)
+    if ids is None:
+        return False
+    with engine.begin() as conn:
+        target = _target(conn, ids)
+        if target is None:
+            return False
+        _record(conn, *target, "open", None, user_agent)
+    return True
+
+
+def check_open(engine: Engine, secret: bytes, token: str) -> bool:
+    """What ``record_open`` would answer for the token, recording nothing (a HEAD request)."""
+    ids = verify_token(secret, "open", token)
+    if ids is None:
+        return False
+    with engine.begin() as conn:
+        return _target(conn, ids) is not None
+
+
+def _click_url(conn, ids: tuple[int, ...] | None) -> str | None:
+    """The URL of a verified click token: its link must be one of its delivery's, for a recipient."""
+    if ids is None:
+        return None
+    delivery_id, profile_id, link_id = ids
+    url = conn.execute(sql("select_delivery_link"), {"link_id": link_id, "delivery_id": delivery_id}).scalar()
+    if url is None or not _is_target(conn, delivery_id, profile_id):
+        return None
+    return url
 
 
 def record_click(engine: Engine, secret: bytes, token: str, user_agent: str | None) -> str | None:
@@ -128,13 +153,22 @@ def record_click(engine: Engine, secret: bytes, token: str, user_agent: str | No
     ids = verify_token(secret, "click", token)
     if ids is None:
         return None
-    delivery_id, profile_id, link_id = ids
     with engine.begin() as conn:
-        url = conn.execute(sql("select_delivery_link"), {"link_id": link_id, "delivery_id": delivery_id}).scalar()
-        if url is None or not _is_target(conn, delivery_id, profile_id):
+        url = _click_url(conn, ids)
+        if url is None:
             return None
+        delivery_id, profile_id, link_id = ids
         _record(conn, delivery_id, profile_id, "click", link_id, user_agent)
     return url
+
+
+def click_target(engine: Engine, secret: bytes, token: str) -> str | None:
+    """What ``record_click`` would answer for the token, recording nothing (a HEAD request)."""
+    ids = verify_token(secret, "click", token)
+    if ids is None:
+        return None
+    with engine.begin() as conn:
+        return _click_url(conn, ids)
 
 
 def check_unsubscribe(secret: bytes, token: str) -> bool:
@@ -142,5 +176,30 @@ def check_unsubscribe(secret: bytes, token: str) -> bool:
 
 
 def record_unsubscribe(engine: Engine, secret: bytes, token: str, user_agent: str | None) -> bool:
-    """True when the token is genuine: the event is recorded and the profile blocklisted."""
-    return _record_for_target(engine, secret, "unsubscribe", token, user_agent)
+    """True when the token is genuine: the profile is blocklisted, the event recorded once.
+
+    Idempotent: a repeated request, or one racing another (clients retry the RFC 8058 one-click
+    POST, scanners replay it), adds no second event; the unique index
+    ``tracking_logs_one_unsubscribe`` decides, so it holds between concurrent transactions too.
+    """
+    ids = verify_token(secret, "unsubscribe", token)
+    if ids is None:
+        return False
+    with engine.begin() as conn:
+        target = _target(conn, ids)
+        if target is None:
+            return False
+        delivery_id, profile_id = target
+        conn.execute(
+            sql("insert_unsubscribe_event"),
+            {
+                "delivery_id": delivery_id,
+                "profile_id": profile_id,
+                "user_agent": _stored_user_agent(user_agent),
+                "event_at": utcnow(),
+            },
+        )
+        # Blocklisted on every genuine request, the repeated one too: had an operator lifted the
+        # blocklist meanwhile, the person asking again to leave is what counts.
+        conn.execute(sql("unsubscribe_profile"), {"profile_id": profile_id})
+    return True

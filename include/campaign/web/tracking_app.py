@@ -51,22 +51,33 @@ def create_app(engine_provider: Callable[[], Engine], secret_provider: Callable[
         log.error("tracking: campaign database error: %s", exc.__class__.__name__)
         return PlainTextResponse("Temporarily unavailable", status_code=503, headers=NO_STORE)
 
-    @app.get("/o/{token}")
+    # HEAD answers as GET would (status and headers; the server sends no body) and records
+    # nothing: it comes from link scanners and proxies checking a URL, never from a mail client
+    # showing the pixel or a person following a link (both GET), so an event would be a false
+    # open or click. Without it they got 405.
+    @app.api_route("/o/{token}", methods=["GET", "HEAD"])
     def open_pixel(token: str, request: Request) -> Response:
-        if not tracking.record_open(engine(), secret_provider(), token, user_agent(request)):
+        if request.method == "HEAD":
+            genuine = tracking.check_open(engine(), secret_provider(), token)
+        else:
+            genuine = tracking.record_open(engine(), secret_provider(), token, user_agent(request))
+        if not genuine:
             return _not_found()
         return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
 
-    @app.get("/c/{token}")
+    @app.api_route("/c/{token}", methods=["GET", "HEAD"])
     def click(token: str, request: Request) -> Response:
-        url = tracking.record_click(engine(), secret_provider(), token, user_agent(request))
+        if request.method == "HEAD":
+            url = tracking.click_target(engine(), secret_provider(), token)
+        else:
+            url = tracking.record_click(engine(), secret_provider(), token, user_agent(request))
         if url is None:
             return _not_found()
         return RedirectResponse(url, status_code=302, headers=NO_STORE)
 
-    @app.get("/u/{token}")
+    @app.api_route("/u/{token}", methods=["GET", "HEAD"])
     def unsubscribe_page(token: str) -> Response:
-        # GET only shows the button: mail scanners follow links, and must not unsubscribe anyone.
+        # GET and HEAD only show the button: mail scanners follow links, and must not unsubscribe anyone.
         if not tracking.check_unsubscribe(secret_provider(), token):
             return _not_found()
         return _page(
@@ -77,6 +88,7 @@ def create_app(engine_provider: Callable[[], Engine], secret_provider: Callable[
 
     @app.post("/u/{token}")
     def unsubscribe(token: str, request: Request) -> Response:
+        # Idempotent (tracking.record_unsubscribe): a repeated one-click POST gets the same page.
         if not tracking.record_unsubscribe(engine(), secret_provider(), token, user_agent(request)):
             return _not_found()
         return _page("Unsubscribed", "<h1>You are unsubscribed</h1><p>No further campaign will be sent to you.</p>")

@@ -93,7 +93,7 @@ def test_profiles_import_reports_bad_rows_by_line(run, tmp_path: Path) -> None:
 
     assert code == 0
     assert out == "imported 2 profiles, 0 already known, 1 rejected\n"
-    assert err == "  line 3: invalid email address 'oops'\n"
+    assert err == "  line 3: invalid email address 'oops': An email address must have an @-sign.\n"
 
     code, out, _ = run("profiles", "import", str(csv))
     assert (code, out) == (0, "imported 0 profiles, 2 already known, 1 rejected\n")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from campaign.errors import InvalidInput
-from campaign.profiles import import_profiles_csv, is_valid_email
+from campaign.errors import InvalidAddress, InvalidInput
+from campaign.profiles import import_profiles_csv, is_valid_email, normalize_email, profile_history
 from campaign.schema import profiles
 
 
@@ -42,7 +42,7 @@ def test_good_rows_kept_and_bad_rows_reported_by_line(campaign_db, write_csv) ->
     report = import_profiles_csv(campaign_db.engine, path)
 
     assert report.rejected == [
-        (3, "invalid email address 'not-an-email'"),
+        (3, "invalid email address 'not-an-email': An email address must have an @-sign."),
         (5, "blocklisted must be true or false, got 'maybe'"),
         (6, "duplicate email address 'alice@example.test' in the file"),
     ]
@@ -73,25 +73,32 @@ def test_emails_are_lower_cased_and_trimmed(sqlite_db, write_csv) -> None:
 
 
 @pytest.mark.parametrize(
-    "address",
+    ("address", "reason"),
     [
-        "plain",
-        "no-domain@",
-        "@no-local.test",
-        "user@nodot",
-        "two@@at.test",
-        "with space@example.test",
-        "<angle@example.test>",
-        "comma,@example.test",
-        "user@-leading-hyphen.test",
+        ("plain", "An email address must have an @-sign."),
+        ("no-domain@", "There must be something after the @-sign."),
+        ("@no-local.test", "There must be something before the @-sign."),
+        ("user@nodot", "The part after the @-sign is not valid. It should have a period."),
+        ("two@@at.test", "The part after the @-sign contains invalid characters: '@'."),
+        ("with space@example.test", "The email address contains invalid characters before the @-sign: SPACE."),
+        ("<angle@example.test>", "A display name and angle brackets around the email address are not permitted here."),
+        ("comma,@example.test", "The email address contains invalid characters before the @-sign: ','."),
+        ("user@-leading-hyphen.test", "An email address cannot have a hyphen immediately after the @-sign."),
+        ("user@test", "The part after the @-sign is not valid. It should have a period."),
+        ("two..dots@example.test", "An email address cannot have two periods in a row."),
+        (
+            "user@host.local",
+            "The part after the @-sign is a special-use or reserved name that cannot be used with email.",
+        ),
     ],
+    ids=lambda value: value[:30],
 )
-def test_invalid_email_is_rejected_with_its_line(sqlite_db, write_csv, address: str) -> None:
+def test_invalid_email_is_rejected_with_its_line(sqlite_db, write_csv, address: str, reason: str) -> None:
     path = write_csv(f'email,first_name\nok@example.test,Ok\n"{address}",Bad\n')
 
     report = import_profiles_csv(sqlite_db.engine, path)
 
-    assert report.rejected == [(3, f"invalid email address {address!r}")]
+    assert report.rejected == [(3, f"invalid email address {address!r}: {reason}")]
     assert report.imported == 1
     assert list(stored_profiles(sqlite_db.engine)) == ["ok@example.test"]
 
@@ -101,7 +108,7 @@ def test_row_without_email_is_rejected(sqlite_db, write_csv) -> None:
 
     report = import_profiles_csv(sqlite_db.engine, path)
 
-    assert report.rejected == [(2, "invalid email address ''")]
+    assert report.rejected == [(2, "invalid email address '': The address is empty.")]
     assert report.imported == 0
 
 
@@ -223,4 +230,72 @@ def test_line_numbers_follow_the_file(sqlite_db, write_csv, content: str, bad_li
 
     report = import_profiles_csv(sqlite_db.engine, path)
 
-    assert report.rejected == [(bad_line, "invalid email address 'broken'")]
+    assert report.rejected == [(bad_line, "invalid email address 'broken': An email address must have an @-sign.")]
+
+
+# ---------------------------------------------------------------- internationalised addresses
+
+
+def test_an_idn_domain_is_one_profile_in_either_spelling(campaign_db, write_csv) -> None:
+    path = write_csv(
+        "email,first_name\n"
+        "info@bücher.example,Buch\n"  # line 2
+        "info@xn--bcher-kva.example,Buch (A-label)\n"  # line 3: the same mailbox, as DNS spells it
+        "INFO@BÜCHER.EXAMPLE,Buch (upper)\n"  # line 4
+        "prénom@example.test,Prénom\n"  # line 5: a non-ASCII local part is valid (RFC 6531)
+        "PRÉNOM@Example.Test,Prénom (upper)\n"  # line 6
+        "cafe\u0301@example.test,Café (decomposed)\n"  # line 7: NFD; the same address as NFC café
+        "café@example.test,Café\n"  # line 8
+    )
+
+    report = import_profiles_csv(campaign_db.engine, path)
+
+    assert report.rejected == [
+        (3, "duplicate email address 'info@bücher.example' in the file"),
+        (4, "duplicate email address 'info@bücher.example' in the file"),
+        (6, "duplicate email address 'prénom@example.test' in the file"),
+        (8, "duplicate email address 'café@example.test' in the file"),
+    ]
+    assert sorted(stored_profiles(campaign_db.engine)) == [
+        "café@example.test",
+        "info@bücher.example",
+        "prénom@example.test",
+    ]
+
+    again = write_csv("email\ninfo@XN--BCHER-KVA.example\n", "again.csv")
+    assert import_profiles_csv(campaign_db.engine, again).skipped_existing == 1
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        ("  Mixed.Case@Example.TEST ", "mixed.case@example.test"),
+        ("info@xn--bcher-kva.example", "info@bücher.example"),
+        ("Info@BÜCHER.example", "info@bücher.example"),
+        ("PRÉNOM@example.test", "prénom@example.test"),
+        ("cafe\u0301@example.test", "café@example.test"),
+    ],
+)
+def test_normalize_email_gives_the_stored_form(typed: str, stored: str) -> None:
+    assert normalize_email(typed) == stored
+
+
+def test_normalize_email_names_the_reason(typed: str = "x@") -> None:
+    with pytest.raises(InvalidAddress) as excinfo:
+        normalize_email(typed)
+
+    assert str(excinfo.value) == "There must be something after the @-sign."
+    assert isinstance(excinfo.value, InvalidInput)
+
+
+def test_profile_history_finds_an_idn_profile_by_either_spelling(sqlite_db, write_csv) -> None:
+    import_profiles_csv(sqlite_db.engine, write_csv("email\ninfo@bücher.example\n"))
+
+    for typed in ("info@bücher.example", "INFO@xn--bcher-kva.example"):
+        profile, _history = profile_history(sqlite_db.engine, typed)
+        assert profile["email"] == "info@bücher.example"
+
+
+@pytest.mark.parametrize("address", ["info@bücher.example", "prénom@example.test", "user@sub.example.test"])
+def test_internationalised_addresses_are_valid(address: str) -> None:
+    assert is_valid_email(address)

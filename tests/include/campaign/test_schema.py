@@ -4,13 +4,13 @@ from covering indexes alone (the property the Compute stats benchmark relies on)
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from campaign import deliveries
 from campaign.clock import utcnow
 from campaign.db import SQL_DIR
-from campaign.schema import create_schema, delivery_engagement, metadata, profiles
+from campaign.schema import create_schema, delivery_engagement, metadata, profiles, tracking_logs
 
 
 def _index_names(engine, table: str) -> set[str]:
@@ -82,3 +82,63 @@ def test_engagement_rows_that_would_miscount_are_refused(campaign_db, first_open
     clicker = {**row, "first_open_at": now, "first_click_at": now, "clicks": 1}
     with engine.begin() as conn:  # while a consistent row goes in
         conn.execute(delivery_engagement.insert().values(clicker))
+
+
+def _add_unsubscribes(engine, events: list[tuple[int, int, str]]) -> None:
+    with engine.begin() as conn:
+        for delivery_id, profile_id, event_type in events:
+            conn.execute(
+                tracking_logs.insert().values(
+                    delivery_id=delivery_id, profile_id=profile_id, event_type=event_type, event_at=utcnow()
+                )
+            )
+
+
+def _two_recipients(engine) -> tuple[int, int, int]:
+    now = utcnow()
+    with engine.begin() as conn:
+        ann, ben = (
+            conn.execute(profiles.insert().values(email=email, created_at=now)).inserted_primary_key[0]
+            for email in ("ann@example.test", "ben@example.test")
+        )
+    delivery_id = deliveries.create_delivery(
+        engine, {"label": "x", "sender": "s@example.test", "subject": "s", "text": "t", "html": "<p>t</p>"}
+    )
+    return delivery_id, ann, ben
+
+
+def test_the_database_refuses_a_second_unsubscribe_event_of_a_recipient(campaign_db) -> None:
+    engine = campaign_db.engine
+    delivery_id, ann, ben = _two_recipients(engine)
+    _add_unsubscribes(engine, [(delivery_id, ann, "unsubscribe"), (delivery_id, ben, "unsubscribe")])
+    _add_unsubscribes(engine, [(delivery_id, ann, "open"), (delivery_id, ann, "open")])  # opens: any number
+
+    with pytest.raises(IntegrityError):
+        _add_unsubscribes(engine, [(delivery_id, ann, "unsubscribe")])
+
+
+def test_create_schema_keeps_the_first_unsubscribe_of_an_older_database(campaign_db) -> None:
+    # The old endpoint recorded one event per POST: the rule can only be added once the repeats go.
+    engine = campaign_db.engine
+    delivery_id, ann, ben = _two_recipients(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX tracking_logs_one_unsubscribe"))
+    events = [
+        (delivery_id, ann, "unsubscribe"),
+        (delivery_id, ann, "open"),
+        (delivery_id, ann, "unsubscribe"),
+        (delivery_id, ben, "unsubscribe"),
+        (delivery_id, ann, "unsubscribe"),
+        (delivery_id, ben, "open"),
+    ]
+    _add_unsubscribes(engine, events)
+    with engine.begin() as conn:
+        ids = [row.id for row in conn.execute(select(tracking_logs.c.id).order_by(tracking_logs.c.id))]
+
+    create_schema(engine)
+    create_schema(engine)
+
+    assert "tracking_logs_one_unsubscribe" in _index_names(engine, "tracking_logs")
+    with engine.begin() as conn:
+        kept = [row.id for row in conn.execute(select(tracking_logs.c.id).order_by(tracking_logs.c.id))]
+    assert kept == [ids[0], ids[1], ids[3], ids[5]]

@@ -4,6 +4,7 @@ only for genuine tokens of a delivery's own targets and links (on SQLite and Pos
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -269,6 +270,58 @@ def test_record_unsubscribe_blocklists_the_profile(world: World) -> None:
         None,
     )
     assert _blocklisted(world.engine) == {world.alice: True, world.bob: False, world.outsider: False}
+
+
+def test_a_second_unsubscribe_of_the_same_recipient_changes_nothing(world: World) -> None:
+    token = sign_token(SECRET, "unsubscribe", world.delivery, world.alice)
+    assert record_unsubscribe(world.engine, SECRET, token, "Mail/1.0") is True
+    first = _event_rows(world.engine)
+
+    assert record_unsubscribe(world.engine, SECRET, token, "Scanner/2.0") is True  # still a genuine token
+
+    assert _event_rows(world.engine) == first
+    assert _blocklisted(world.engine) == {world.alice: True, world.bob: False, world.outsider: False}
+
+
+def test_concurrent_unsubscribes_of_one_recipient_record_one_event(world: World) -> None:
+    # Mail clients and link scanners fire the one-click POST in parallel; the database decides.
+    token = sign_token(SECRET, "unsubscribe", world.delivery, world.bob)
+    barrier = threading.Barrier(8)
+    results: list[bool] = []
+
+    def unsubscribe() -> None:
+        barrier.wait()
+        results.append(record_unsubscribe(world.engine, SECRET, token, None))
+
+    threads = [threading.Thread(target=unsubscribe) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert results == [True] * 8
+    assert [(r["profile_id"], r["event_type"]) for r in _event_rows(world.engine)] == [(world.bob, "unsubscribe")]
+    assert _blocklisted(world.engine)[world.bob] is True
+
+
+def test_unsubscribing_through_another_delivery_is_that_deliverys_event(world: World) -> None:
+    for delivery in (world.delivery, world.other, world.delivery, world.other):
+        assert record_unsubscribe(world.engine, SECRET, sign_token(SECRET, "unsubscribe", delivery, world.alice), None)
+
+    assert [(r["delivery_id"], r["profile_id"]) for r in _event_rows(world.engine)] == [
+        (world.delivery, world.alice),
+        (world.other, world.alice),
+    ]
+
+
+def test_opens_and_clicks_are_recorded_every_time(world: World) -> None:
+    # Only the unsubscribe is one per recipient: repeated opens and clicks are what the KPIs count.
+    for _ in range(2):
+        assert record_open(world.engine, SECRET, sign_token(SECRET, "open", world.delivery, world.alice), None)
+        click = sign_token(SECRET, "click", world.delivery, world.alice, world.links[SALE])
+        assert record_click(world.engine, SECRET, click, None) == SALE
+
+    assert [r["event_type"] for r in _event_rows(world.engine)] == ["open", "click", "open", "click"]
 
 
 def test_the_user_agent_is_stored_truncated(world: World) -> None:

@@ -209,6 +209,60 @@ def test_unsubscribe_form_post_records_and_blocklists(site: Site) -> None:
     assert _blocklisted(site.engine) == {site.alice: False, site.bob: True, site.outsider: False}
 
 
+def test_a_second_one_click_post_changes_nothing(site: Site) -> None:
+    url = f"/u/{site.unsubscribe(site.bob)}"
+    first = site.http.post(url)
+    rows = _rows(site.engine)
+
+    second = site.http.post(url, headers={"User-Agent": "LinkScanner/3.0"})
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert second.text == first.text
+    assert _rows(site.engine) == rows == [(site.delivery, site.bob, "unsubscribe", None, AGENT)]
+    assert _blocklisted(site.engine) == {site.alice: False, site.bob: True, site.outsider: False}
+
+
+# ---------------------------------------------------------------- HEAD: link scanners, not people
+
+
+def test_head_on_the_unsubscribe_page_answers_like_get_and_changes_nothing(site: Site) -> None:
+    url = f"/u/{site.unsubscribe()}"
+    page = site.http.get(url)
+
+    response = site.http.head(url)
+
+    assert response.status_code == 200
+    assert response.content == b""
+    for header in ("content-type", "content-length", "cache-control"):
+        assert response.headers[header] == page.headers[header], header
+    assert _count(site.engine) == 0
+    assert _blocklisted(site.engine)[site.alice] is False
+
+
+def test_head_on_the_pixel_and_a_click_answers_like_get_and_records_nothing(site: Site) -> None:
+    pixel = site.http.head(f"/o/{site.open()}")
+    click = site.http.head(f"/c/{site.click(SALE, site.bob)}")
+
+    assert (pixel.status_code, pixel.headers["content-type"], pixel.content) == (200, "image/gif", b"")
+    assert pixel.headers["content-length"] == str(len(site.http.get(f"/o/{site.open(site.bob)}").content))
+    assert (click.status_code, click.headers["location"], click.content) == (302, SALE, b"")
+    assert "no-store" in pixel.headers["cache-control"] and "no-store" in click.headers["cache-control"]
+    assert _rows(site.engine) == [(site.delivery, site.bob, "open", None, AGENT)]  # the GET only
+
+
+@pytest.mark.parametrize(("prefix", "purpose"), [("o", "open"), ("c", "click"), ("u", "unsubscribe")])
+def test_head_with_a_bad_token_is_404(site: Site, prefix: str, purpose: str) -> None:
+    bad = _bad_tokens(site, purpose)
+    if purpose == "unsubscribe":  # the page checks the signature only, as its GET does
+        signature_cases = ("forged", "tampered", "truncated", "other_secret", "other_purpose", "garbage")
+        bad = {case: bad[case] for case in signature_cases}
+
+    statuses = {case: site.http.head(f"/{prefix}/{token}").status_code for case, token in bad.items()}
+
+    assert statuses == dict.fromkeys(bad, 404)
+    assert _count(site.engine) == 0
+
+
 # ---------------------------------------------------------------- forged tokens and open redirects
 
 
