@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from airflow.sdk import Param, dag, get_current_context, task
 
@@ -14,16 +13,6 @@ from campaign.sending import send_chunk as send_chunk_of_delivery
 from dag_defaults import DEFAULT_ARGS
 
 log = logging.getLogger("campaign.confirm_send")
-
-
-def _peak_rss_mib() -> float | None:
-    """This task process's peak resident memory (VmHWM), which must not grow with the chunk's size."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:  # not Linux
-        return None
-    kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
-    return None if kib is None else round(kib / 1024, 1)
 
 
 def _run_params() -> tuple[dict, str]:
@@ -130,19 +119,8 @@ def confirm_send():
         result = send_chunk_of_delivery(
             campaign_engine(), params["delivery_id"], run_id, chunk["first_seq"], chunk["last_seq"], campaign_smtp
         )
-        summary = {**result.summary(), "peak_rss_mib": _peak_rss_mib()}
-        log.info(
-            "send_chunk: seq %s-%s sent=%s bounced=%s failed=%s ignored=%s in %.2fs, peak memory %s MiB",
-            summary["first_seq"],
-            summary["last_seq"],
-            summary["sent"],
-            summary["bounced"],
-            summary["failed"],
-            summary["ignored"],
-            summary["seconds"],
-            summary["peak_rss_mib"],
-        )
-        return summary
+        log.info(result.summary_line())
+        return result.summary()
 
     @task(multiple_outputs=False, trigger_rule="all_done")
     @says_why

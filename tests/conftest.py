@@ -29,6 +29,7 @@ os.environ.update(
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "CAMPAIGN_RETRY_DELAY_SECONDS": "1",
+        "CAMPAIGN_SMTP_RECONNECT_DELAYS": "0.1,0.2",
         "CAMPAIGN_TRACKING_SECRET": "test-secret-" + uuid.uuid4().hex,
         "CAMPAIGN_TRACKING_BASE_URL": "http://127.0.0.1:9/campaign",
     }

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
-import smtplib
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
@@ -27,6 +26,7 @@ from campaign.db import sql
 from campaign.deliveries import Delivery, load_delivery
 from campaign.errors import (
     AddressNeedsSmtpUtf8,
+    ConfigurationError,
     InvalidAddress,
     PermanentError,
     SendConflict,
@@ -35,6 +35,7 @@ from campaign.errors import (
 )
 from campaign.message import BuiltMessage, MessageSkeleton
 from campaign.profiles import is_valid_email
+from campaign.relay import DEFAULT_RECONNECT_DELAYS, MessageNotSendable, RelaySession, SmtpFactory
 from campaign.rendering import compile_templates, recipient_context, render, tracking_base_url
 from campaign.tokens import tracking_secret
 from campaign.tracking import Tracker, load_links
@@ -48,8 +49,6 @@ DEFAULT_SOFT_RETRY_DELAYS = (2.0, 5.0)
 # (content, policy, server fault), not the recipients: stop before quarantining the whole audience.
 MAX_CONSECUTIVE_MESSAGE_REFUSALS = 20
 
-SmtpFactory = Callable[[], AbstractContextManager[smtplib.SMTP]]
-
 
 @dataclass
 class ChunkResult:
@@ -58,6 +57,8 @@ class ChunkResult:
     counts: Counter = field(default_factory=Counter)
     already_logged: int = 0
     seconds: float = 0.0
+    reconnects: int = 0
+    peak_rss_mib: float | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -68,7 +69,64 @@ class ChunkResult:
             "failed": self.counts["failed"],
             "ignored": self.counts["ignored"],
             "seconds": round(self.seconds, 3),
+            "reconnects": self.reconnects,
+            "peak_rss_mib": self.peak_rss_mib,
         }
+
+    def summary_line(self) -> str:
+        """The task log's one line for the data team: counts, time, rate, reconnections, memory."""
+        processed = sum(self.counts.values())
+        rate = processed / self.seconds if self.seconds else 0.0
+        memory = "unknown" if self.peak_rss_mib is None else f"{self.peak_rss_mib} MiB"
+        return (
+            f"send_chunk: seq {self.first_seq}-{self.last_seq} sent={self.counts['sent']} "
+            f"bounced={self.counts['bounced']} failed={self.counts['failed']} ignored={self.counts['ignored']} "
+            f"in {self.seconds:.2f}s ({rate:.0f} recipients/s), {self.reconnects} reconnections, "
+            f"peak memory {memory}"
+        )
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory in MiB (Linux ``VmHWM``), None elsewhere: a chunk's
+    must not grow with the chunk's size."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return None if kib is None else round(kib / 1024, 1)
+
+
+RECONNECT_DELAYS_ENV = "CAMPAIGN_SMTP_RECONNECT_DELAYS"
+MESSAGES_PER_CONNECTION_ENV = "CAMPAIGN_SMTP_MESSAGES_PER_CONNECTION"
+
+
+def reconnect_delays_setting() -> tuple[float, ...]:
+    """``CAMPAIGN_SMTP_RECONNECT_DELAYS``: comma-separated seconds (default ``0.5,1,2,4,8``).
+
+    Raises ``ConfigurationError`` for anything but non-negative numbers.
+    """
+    text = os.environ.get(RECONNECT_DELAYS_ENV, "").strip()
+    if not text:
+        return DEFAULT_RECONNECT_DELAYS
+    try:
+        delays = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        delays = (-1.0,)
+    if any(d < 0 for d in delays):
+        raise ConfigurationError(
+            f"{RECONNECT_DELAYS_ENV} must be comma-separated seconds such as 0.5,1,2,4,8; got {text!r}."
+        )
+    return delays
+
+
+def messages_per_connection_setting() -> int:
+    """``CAMPAIGN_SMTP_MESSAGES_PER_CONNECTION``: a new SMTP session after so many messages, for
+    relays that cap sessions (default 0: as many as the relay takes; a 421 reconnects anyway)."""
+    text = os.environ.get(MESSAGES_PER_CONNECTION_ENV, "").strip() or "0"
+    if not text.isdigit():
+        raise ConfigurationError(f"{MESSAGES_PER_CONNECTION_ENV} must be a whole number >= 0, got {text!r}.")
+    return int(text)
 
 
 @dataclass
@@ -88,10 +146,6 @@ WORKER_NAME_ENV = "CAMPAIGN_WORKER_NAME"
 def worker_identity() -> str:
     """Who wrote a sending-log row: the worker's name (or host) and the task process id."""
     return f"{os.environ.get(WORKER_NAME_ENV) or socket.gethostname()}:{os.getpid()}"
-
-
-def _reply_text(reply: bytes | str) -> str:
-    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
 
 
 class _ChunkSender:
@@ -116,12 +170,19 @@ class _ChunkSender:
             if delivery.tracking
             else None
         )
-        self.skeleton = MessageSkeleton.for_delivery(delivery.content, self.base_url, self.secret)
+        self.use_relay(None)
         self.worker = worker_identity()
-        self.sender_address = self.skeleton.envelope_from
         self.consecutive_message_refusals = 0
         self.buffer: list[dict[str, Any]] = []
         self.to_quarantine: list[dict[str, Any]] = []
+
+    def use_relay(self, relay: RelaySession | None) -> None:
+        """Build messages for this relay: with SMTPUTF8 (RFC 6531) only when it offers it."""
+        smtputf8 = relay is not None and relay.smtputf8
+        self.skeleton = MessageSkeleton.for_delivery(
+            self.delivery.content, self.base_url, self.secret, smtputf8=smtputf8
+        )
+        self.sender_address = self.skeleton.envelope_from
 
     def record(
         self,
@@ -191,45 +252,51 @@ class _ChunkSender:
         try:
             return self.skeleton.build(rendered, recipient["email"], recipient["profile_id"])
         except AddressNeedsSmtpUtf8:
-            self.record(recipient, "failed", failure_type="hard", reason="address needs SMTPUTF8")
-        except InvalidAddress:
-            self.record(recipient, "failed", failure_type="hard", reason="malformed address")
+            reason = "address needs SMTPUTF8: its local part is not ASCII and the relay does not offer SMTPUTF8"
+            self.record(recipient, "failed", failure_type="hard", reason=reason)
+        except InvalidAddress as exc:
+            self.record(recipient, "failed", failure_type="hard", reason=f"malformed address: {exc}")
+        except Exception as exc:  # one recipient's data must never stop the others
+            log.warning("send_chunk: the message to profile %s cannot be built: %r", recipient["profile_id"], exc)
+            self.record(recipient, "failed", reason=f"message cannot be built: {type(exc).__name__}: {exc}")
         return None
 
     def attempt(
-        self, smtp: smtplib.SMTP, recipient: dict[str, Any], message: BuiltMessage, attempts: int
+        self, relay: RelaySession, recipient: dict[str, Any], message: BuiltMessage, attempts: int
     ) -> _Pending | None:
-        """Send once; record the final outcome, or return the 4xx to retry later."""
+        """Send once; record the final outcome, or return the 4xx to retry later.
+
+        Replies about the connection never reach here: the relay session reconnects and sends
+        again, or raises ``SmtpUnavailable`` when the relay stays unreachable.
+        """
         try:
-            smtp.sendmail(self.sender_address, [message.envelope_to], message.data, message.mail_options)
-        except smtplib.SMTPRecipientsRefused as exc:
-            code, reply = next(iter(exc.recipients.values()))
-            return self._refused(recipient, message, attempts, code, _reply_text(reply), "recipient refused")
-        except smtplib.SMTPSenderRefused as exc:
-            if exc.smtp_code >= 500:
+            reply = relay.send(self.sender_address, message.envelope_to, message.data, message.mail_options)
+        except MessageNotSendable as exc:
+            self.record(recipient, "failed", failure_type="hard", reason=str(exc), message_id=message.message_id)
+            return None
+        if reply.accepted:
+            self.consecutive_message_refusals = 0
+            self.record(recipient, "sent", code=reply.code, message_id=message.message_id, attempts=attempts)
+            return None
+        if reply.stage == "MAIL":
+            if reply.code >= 500:
                 raise PermanentError(
-                    f"The SMTP server refuses the sender {self.sender_address!r}: {exc.smtp_code} "
-                    f"{_reply_text(exc.smtp_error)}. Fix the delivery's sender or the relay's settings."
-                ) from None
-            return self._refused(
-                recipient, message, attempts, exc.smtp_code, _reply_text(exc.smtp_error), "sender deferred"
-            )
-        except smtplib.SMTPDataError as exc:
-            if exc.smtp_code >= 500:
+                    f"The SMTP server refuses the sender {self.sender_address!r}: {reply.code} {reply.text}. "
+                    "Fix the delivery's sender or the relay's settings."
+                )
+            return self._refused(recipient, message, attempts, reply.code, reply.text, "sender deferred")
+        if reply.stage == "DATA":
+            if reply.code >= 500:
                 self.consecutive_message_refusals += 1
                 if self.consecutive_message_refusals > MAX_CONSECUTIVE_MESSAGE_REFUSALS:
                     raise PermanentError(
                         f"The SMTP server refused {self.consecutive_message_refusals} messages in a row after "
-                        f"accepting their recipients (last: {exc.smtp_code} {_reply_text(exc.smtp_error)}). "
+                        f"accepting their recipients (last: {reply.code} {reply.text}). "
                         "It rejects the message itself, not the addresses: check the relay and the content, "
                         "then clear the failed send_chunk tasks to resume."
-                    ) from None
-            return self._refused(
-                recipient, message, attempts, exc.smtp_code, _reply_text(exc.smtp_error), "message refused"
-            )
-        self.consecutive_message_refusals = 0
-        self.record(recipient, "sent", code=250, message_id=message.message_id, attempts=attempts)
-        return None
+                    )
+            return self._refused(recipient, message, attempts, reply.code, reply.text, "message refused")
+        return self._refused(recipient, message, attempts, reply.code, reply.text, "recipient refused")
 
     def _refused(
         self, recipient: dict[str, Any], message: BuiltMessage, attempts: int, code: int, reply: str, what: str
@@ -297,8 +364,18 @@ def send_chunk(
     page_size: int = DEFAULT_PAGE_SIZE,
     commit_every: int = DEFAULT_COMMIT_EVERY,
     soft_retry_delays: tuple[float, ...] = DEFAULT_SOFT_RETRY_DELAYS,
+    reconnect_delays: tuple[float, ...] | None = None,
 ) -> ChunkResult:
-    """Send targets ``first_seq..last_seq`` that have no sending-log row yet."""
+    """Send targets ``first_seq..last_seq`` that have no sending-log row yet.
+
+    One relay session for the chunk (see ``campaign.relay``): it reconnects by itself, with
+    ``reconnect_delays`` (seconds; default ``CAMPAIGN_SMTP_RECONNECT_DELAYS``) between attempts.
+    A recipient that gets a 4xx is tried again after each of ``soft_retry_delays`` (seconds),
+    then recorded as a soft bounce. Raises ``SmtpUnavailable`` when the relay stays
+    unreachable (what was sent is recorded), ``PermanentError`` when the relay refuses the
+    sender or the message itself again and again, ``SendConflict`` when the run does not own
+    the delivery.
+    """
     started = time.monotonic()
     delivery = load_delivery(engine, delivery_id)
     if delivery.run_id != run_id or delivery.status not in ("sending", "failed"):
@@ -309,13 +386,19 @@ def send_chunk(
     result = ChunkResult(first_seq, last_seq)
     sender = _ChunkSender(engine, delivery, run_id, result, commit_every)
     pending: list[_Pending] = []
+    relay = RelaySession(
+        smtp_factory,
+        reconnect_delays=reconnect_delays_setting() if reconnect_delays is None else reconnect_delays,
+        messages_per_connection=messages_per_connection_setting(),
+    )
     try:
-        with smtp_factory() as smtp:
+        with relay:
+            sender.use_relay(relay)
             for page in _target_pages(engine, delivery_id, first_seq, last_seq, page_size):
                 for recipient in page:
                     message = sender.prepare(recipient)
                     if message is not None:
-                        deferred = sender.attempt(smtp, recipient, message, attempts=1)
+                        deferred = sender.attempt(relay, recipient, message, attempts=1)
                         if deferred is not None:
                             pending.append(deferred)
             sender.flush()
@@ -325,23 +408,25 @@ def send_chunk(
                 time.sleep(delay)
                 still_pending = []
                 for item in pending:
-                    deferred = sender.attempt(smtp, item.recipient, item.message, item.attempts + 1)
+                    deferred = sender.attempt(relay, item.recipient, item.message, item.attempts + 1)
                     if deferred is not None:
                         still_pending.append(deferred)
                 pending = still_pending
             for item in pending:
                 sender.soft_bounce(item)
             sender.flush()
-    except (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, OSError) as exc:
-        # What was accepted so far is recorded, so the retry resumes after it.
+    except SmtpUnavailable as exc:
+        # What was accepted so far is recorded, so the retry resumes after it; the recipients
+        # still waiting for a 4xx retry have no row and are sent again by the retry.
         sender.flush()
         raise SmtpUnavailable(
-            f"Lost the SMTP server while sending delivery {delivery_id} "
-            f"(seq {first_seq}-{last_seq}): {exc or type(exc).__name__}. "
+            f"Lost the SMTP server while sending delivery {delivery_id} (seq {first_seq}-{last_seq}): {exc} "
             f"{sum(result.counts.values())} recipients were recorded; the retry resumes after them."
         ) from exc
     except BaseException:
         sender.flush()
         raise
+    result.reconnects = relay.reconnects
+    result.peak_rss_mib = peak_rss_mib()
     result.seconds = time.monotonic() - started
     return result

@@ -49,7 +49,7 @@ def live_airflow(airflow_db) -> LiveAirflow:
     try:
         with standalone(
             folder, database, smtp_port, PASSWORDS, "alice:admin,bob:user",
-            extra_env={"CAMPAIGN_RETRY_DELAY_SECONDS": "1"},
+            extra_env={"CAMPAIGN_RETRY_DELAY_SECONDS": "1", "CAMPAIGN_SMTP_RECONNECT_DELAYS": "0.1,0.2"},
         ) as (base_url, log_path):  # fmt: skip
             yield LiveAirflow(base_url, engine, handler, maildir, log_path)
     finally:

@@ -1,55 +1,156 @@
-"""send_chunk with the message builder, against a real SMTP server and a real database."""
+"""send_chunk against a real SMTP server and a real database: the message builder, relays with
+and without SMTPUTF8, and relays that answer about the connection rather than the recipient."""
 
 from __future__ import annotations
 
 import mailbox
+import re
 import smtplib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from email import message_from_bytes, policy
 
+import pytest
 from sqlalchemy import text
 
 from campaign import deliveries
 from campaign.confirm import start_send
+from campaign.dev.net import free_port
+from campaign.dev.smtp import Rule, Stage, start_server
+from campaign.errors import SmtpUnavailable
 from campaign.sending import send_chunk
 
 
-def test_a_chunk_sends_built_messages_and_records_an_address_needing_smtputf8_as_failed(
-    sqlite_db, smtp_sink, add_profiles, new_delivery
-) -> None:
-    engine = sqlite_db.engine
-    add_profiles(engine, ["ann@example.test", "jörg@example.test", "bob@example.test"])
-    delivery_id = new_delivery(engine, text="Hello {{ profile.email }}\n.\n")
+@contextmanager
+def relay(tmp_path, **options) -> Iterator[tuple[int, object]]:
+    port = free_port()
+    controller, handler = start_server(tmp_path / "maildir", port=port, **options)
+    try:
+        yield port, handler
+    finally:
+        controller.stop()
+
+
+def connection_to(port: int):
+    @contextmanager
+    def connection() -> Iterator[smtplib.SMTP]:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+            yield smtp
+
+    return connection
+
+
+def _sending_delivery(engine, add_profiles, new_delivery, addresses: list[str], **spec) -> int:
+    add_profiles(engine, addresses)
+    delivery_id = new_delivery(engine, **spec)
     deliveries.prepare_delivery(engine, delivery_id, prepared_by="alice")
     deliveries.approve_delivery(engine, delivery_id, approved_by="alice")
     start_send(engine, delivery_id, "alice", "run-1")
+    return delivery_id
 
-    @contextmanager
-    def connection():
-        with smtplib.SMTP("127.0.0.1", smtp_sink.port, timeout=10) as smtp:
-            yield smtp
 
-    result = send_chunk(engine, delivery_id, "run-1", 1, 3, connection)
-
-    assert (result.counts["sent"], result.counts["failed"]) == (2, 1)
+def _logs(engine, delivery_id: int) -> dict[str, object]:
     with engine.begin() as conn:
-        rows = {
+        return {
             row.email: row
             for row in conn.execute(
-                text("SELECT email, profile_id, status, reason, message_id FROM broad_logs WHERE delivery_id = :d"),
+                text(
+                    "SELECT email, profile_id, status, failure_type, reason, message_id "
+                    "FROM broad_logs WHERE delivery_id = :d"
+                ),
                 {"d": delivery_id},
             )
         }
-    assert (rows["jörg@example.test"].status, rows["jörg@example.test"].reason) == (
-        "failed",
-        "address needs SMTPUTF8",
+
+
+def _mails(tmp_path) -> list:
+    box = mailbox.Maildir(str(tmp_path / "maildir"), create=False)
+    return [message_from_bytes(box.get_bytes(key), policy=policy.default) for key in box.keys()]
+
+
+ADDRESSES = ["ann@example.test", "prénom@example.test", "info@bücher.example", "bob@example.test"]
+
+
+def test_a_relay_without_smtputf8_fails_only_the_non_ascii_local_part_and_the_chunk_goes_on(
+    sqlite_db, tmp_path, add_profiles, new_delivery
+) -> None:
+    """Issue 11, failure 1: this recipient used to fail the whole chunk, then the delivery."""
+    engine = sqlite_db.engine
+    delivery_id = _sending_delivery(
+        engine, add_profiles, new_delivery, ADDRESSES, text="Hello {{ profile.email }}\n.\n"
     )
-    box = mailbox.Maildir(str(smtp_sink.maildir), create=False)
-    mails = [message_from_bytes(box.get_bytes(key), policy=policy.default) for key in box.keys()]
-    assert sorted(str(mail["To"]) for mail in mails) == ["ann@example.test", "bob@example.test"]
+    with relay(tmp_path, smtputf8=False) as (port, server):
+        result = send_chunk(engine, delivery_id, "run-1", 1, 4, connection_to(port))
+
+    assert (result.counts["sent"], result.counts["failed"]) == (3, 1)
+    rows = _logs(engine, delivery_id)
+    assert rows["prénom@example.test"].status == "failed"
+    assert "SMTPUTF8" in rows["prénom@example.test"].reason
+    # The IDN domain went as its A-label, in the envelope and in the To header (issue 11, failure 2).
+    assert server.accepted == {"ann@example.test": 1, "info@xn--bcher-kva.example": 1, "bob@example.test": 1}
+    mails = _mails(tmp_path)
+    assert sorted(str(mail["To"]) for mail in mails) == [
+        "ann@example.test",
+        "bob@example.test",
+        "info@xn--bcher-kva.example",
+    ]
     for mail in mails:
-        row = rows[str(mail["To"])]
+        row = rows[{"info@xn--bcher-kva.example": "info@bücher.example"}.get(str(mail["To"]), str(mail["To"]))]
         assert row.status == "sent"
         assert mail["Message-ID"] == row.message_id == f"<campaign.{delivery_id}.{row.profile_id}@shop.test>"
-        assert mail.get_body(("plain",)).get_content() == f"Hello {mail['To']}\r\n.\r\n"
+        assert mail.get_body(("plain",)).get_content().startswith("Hello ")
         assert "=?" not in str(mail["List-Unsubscribe"])
+    for received in server.received:  # on the wire, not as a parser decodes it
+        to_header = re.search(rb"^To: (.*)$", received.raw, re.MULTILINE).group(1)
+        assert b"=?" not in to_header
+
+
+def test_a_relay_offering_smtputf8_gets_the_non_ascii_local_part_with_smtputf8(
+    sqlite_db, tmp_path, add_profiles, new_delivery
+) -> None:
+    engine = sqlite_db.engine
+    delivery_id = _sending_delivery(engine, add_profiles, new_delivery, ADDRESSES)
+    with relay(tmp_path, smtputf8=True) as (port, server):
+        result = send_chunk(engine, delivery_id, "run-1", 1, 4, connection_to(port))
+
+    assert (result.counts["sent"], result.counts["failed"]) == (4, 0)
+    received = {r.rcpt_tos[0]: r for r in server.received}
+    assert "SMTPUTF8" in received["prénom@example.test"].mail_options
+    assert "SMTPUTF8" not in received["ann@example.test"].mail_options
+    mail = message_from_bytes(received["prénom@example.test"].raw, policy=policy.default)
+    assert str(mail["To"]) == "prénom@example.test"  # raw UTF-8 (RFC 6532), no encoded-word
+
+
+@pytest.mark.parametrize("stage", [Stage.MAIL, Stage.RCPT, Stage.DATA, Stage.END_OF_DATA])
+def test_421_mid_chunk_reconnects_and_everyone_gets_one_message_and_nobody_bounces(
+    sqlite_db, tmp_path, add_profiles, new_delivery, stage
+) -> None:
+    """Issue 11, failure 4: a 421 at RCPT used to fail the chunk ("please run connect() first")."""
+    engine = sqlite_db.engine
+    addresses = [f"r{i}@example.test" for i in range(12)]
+    delivery_id = _sending_delivery(engine, add_profiles, new_delivery, addresses)
+    rules = [Rule(stage, 421, after=4, times=2, text="4.7.0 Too many connections, closing channel")]
+    with relay(tmp_path, rules=rules, max_messages_per_session=5) as (port, server):
+        result = send_chunk(engine, delivery_id, "run-1", 1, 12, connection_to(port), reconnect_delays=(0, 0, 0))
+
+    assert result.counts == {"sent": 12}
+    assert result.reconnects >= 2
+    assert server.accepted == {address: 1 for address in addresses}
+    assert {row.status for row in _logs(engine, delivery_id).values()} == {"sent"}
+    assert "reconnections" in result.summary_line()
+
+
+def test_a_relay_that_stays_unavailable_makes_the_chunk_retry_with_what_was_sent_recorded(
+    sqlite_db, tmp_path, add_profiles, new_delivery
+) -> None:
+    engine = sqlite_db.engine
+    addresses = [f"r{i}@example.test" for i in range(6)]
+    delivery_id = _sending_delivery(engine, add_profiles, new_delivery, addresses)
+    rules = [Rule(Stage.RCPT, 421, after=3)]  # from the fourth recipient on, for good
+    with relay(tmp_path, rules=rules) as (port, server):
+        with pytest.raises(SmtpUnavailable, match=r"seq 1-6.*3 recipients were recorded"):
+            send_chunk(engine, delivery_id, "run-1", 1, 6, connection_to(port), reconnect_delays=(0, 0))
+
+    rows = _logs(engine, delivery_id)
+    assert sorted(rows) == addresses[:3]
+    assert {row.status for row in rows.values()} == {"sent"}  # nobody marked because of the relay
