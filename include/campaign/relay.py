@@ -15,6 +15,7 @@ over lost mail); both copies carry the same Message-ID.
 
 from __future__ import annotations
 
+import re
 import smtplib
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from campaign.errors import SmtpUnavailable
 
 SmtpFactory = Callable[[], AbstractContextManager[smtplib.SMTP]]
+_LEADING_DOT = re.compile(rb"(?m)^\.")
 
 # Short: a relay that closed one session usually takes the next at once. The sum (15.5 s) bounds
 # how long a chunk waits for a relay before its task gives up and Airflow retries it later.
@@ -66,7 +68,9 @@ class RelaySession:
     ``smtp_factory()`` opens one connection (a context manager, entered and left here);
     ``reconnect_delays`` are the waits, in seconds, before each new attempt after the connection
     failed for the same message (their count bounds the attempts); ``messages_per_connection``
-    (0: unlimited) opens a new session after so many messages, for relays that cap sessions.
+    (0: unlimited) opens a new session after so many messages, for relays that cap sessions;
+    ``pipelining`` sends MAIL, RCPT and DATA in one write when the relay offers PIPELINING
+    (RFC 2920): two round trips a message instead of four, what makes a distant relay fast.
 
     Use as a context manager; :meth:`send` raises :class:`SmtpUnavailable` when the relay stays
     unreachable and :class:`MessageNotSendable` for a message this relay cannot take.
@@ -78,9 +82,11 @@ class RelaySession:
         *,
         reconnect_delays: Sequence[float] = DEFAULT_RECONNECT_DELAYS,
         messages_per_connection: int = 0,
+        pipelining: bool = True,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.smtp_factory = smtp_factory
+        self.pipelining = pipelining
         self.reconnect_delays = tuple(reconnect_delays)
         self.messages_per_connection = messages_per_connection
         self.sleep = sleep
@@ -182,7 +188,10 @@ class RelaySession:
             if smtputf8 and not smtp.has_extn("smtputf8"):
                 raise MessageNotSendable("the relay does not offer SMTPUTF8 (RFC 6531), which this address needs")
             try:
-                smtp.sendmail(envelope_sender, [recipient], data, mail_options=options)
+                if self.pipelining and smtp.has_extn("pipelining"):
+                    pipelined_sendmail(smtp, envelope_sender, recipient, data, options)
+                else:
+                    smtp.sendmail(envelope_sender, [recipient], data, mail_options=options)
             except smtplib.SMTPRecipientsRefused as exc:
                 code, text = next(iter(exc.recipients.values()))
                 reply = Reply(code, _text(text), "RCPT")
@@ -217,3 +226,52 @@ class RelaySession:
             smtp.rset()
         except (OSError, smtplib.SMTPException):
             self._drop()  # the next message reconnects
+
+
+def pipelined_sendmail(smtp: smtplib.SMTP, from_addr: str, to_addr: str, msg: bytes, mail_options: list[str]) -> None:
+    """``smtp.sendmail(from_addr, [to_addr], msg, mail_options)`` for a relay offering PIPELINING.
+
+    MAIL FROM, RCPT TO and DATA go in one write and their replies are read in order (RFC 2920
+    section 3.1); then the message and its final dot, and that reply. Same outcomes as smtplib's
+    ``sendmail`` for one recipient, which the tests check against it on the same relay: returns
+    on acceptance; raises ``SMTPSenderRefused``, ``SMTPRecipientsRefused`` or ``SMTPDataError``
+    with the relay's reply, after closing on a 421 as smtplib does (any other refusal leaves the
+    transaction to the caller's RSET, as smtplib does after a refused DATA);
+    ``SMTPServerDisconnected`` or ``OSError`` when the connection is lost.
+    """
+    options = list(mail_options)
+    if smtp.has_extn("size"):
+        options.insert(0, f"SIZE={len(msg)}")
+    # smtplib's own quoting and encoding rules: commands in UTF-8 only under SMTPUTF8 (RFC 6531 3.4).
+    smtputf8 = any(option.upper() == "SMTPUTF8" for option in options)
+    mail = f"MAIL FROM:{smtplib.quoteaddr(from_addr)}{''.join(' ' + option for option in options)}"
+    rcpt = f"RCPT TO:{smtplib.quoteaddr(to_addr)}"
+    smtp.send(f"{mail}\r\n{rcpt}\r\nDATA\r\n".encode("utf-8" if smtputf8 else "ascii"))
+    replies: list[tuple[int, bytes]] = []
+    for _command in ("MAIL", "RCPT", "DATA"):
+        replies.append(smtp.getreply())
+        if replies[-1][0] == SERVICE_NOT_AVAILABLE:
+            break  # the relay has closed the channel: no further reply comes
+    refused: smtplib.SMTPResponseException | None = None
+    if replies[0][0] != 250:
+        refused = smtplib.SMTPSenderRefused(*replies[0], from_addr)
+    elif replies[1][0] not in (250, 251):
+        refused = smtplib.SMTPRecipientsRefused({to_addr: replies[1]})
+    elif replies[2][0] != 354:
+        refused = smtplib.SMTPDataError(*replies[2])
+    if refused is not None:
+        if replies[-1][0] == SERVICE_NOT_AVAILABLE:
+            smtp.close()
+        elif replies[-1][0] == 354:  # a relay that took DATA anyway waits for a message: an empty one
+            smtp.send(b".\r\n")
+            smtp.getreply()
+        raise refused
+    quoted = _LEADING_DOT.sub(b"..", msg)  # RFC 5321 4.5.2 dot-stuffing, as smtplib.SMTP.data does
+    if not quoted.endswith(b"\r\n"):
+        quoted += b"\r\n"
+    smtp.send(quoted + b".\r\n")
+    code, text = smtp.getreply()
+    if code != 250:
+        if code == SERVICE_NOT_AVAILABLE:
+            smtp.close()
+        raise smtplib.SMTPDataError(code, text)

@@ -17,6 +17,15 @@ from campaign.errors import SmtpUnavailable
 from campaign.relay import MessageNotSendable, RelaySession
 
 SENDER = "news@shop.test"
+
+
+# Every test runs twice: smtplib's sendmail, and our pipelined transaction (RFC 2920) that must
+# give the same outcomes on the same relay.
+@pytest.fixture(params=[False, True], ids=["smtplib", "pipelined"])
+def pipelining(request) -> bool:
+    return request.param
+
+
 NO_WAIT = (0.0, 0.0, 0.0)
 
 
@@ -46,8 +55,11 @@ def factory(port: int):
     return connect
 
 
-def test_an_accepted_message_reaches_the_server_once(tmp_path):
-    with relay(tmp_path) as (port, server), RelaySession(factory(port), reconnect_delays=NO_WAIT) as session:
+def test_an_accepted_message_reaches_the_server_once(tmp_path, pipelining):
+    with (
+        relay(tmp_path) as (port, server),
+        RelaySession(factory(port), pipelining=pipelining, reconnect_delays=NO_WAIT) as session,
+    ):
         reply = session.send(SENDER, "a@example.test", _message("a@example.test"))
     assert (reply.code, reply.accepted) == (250, True)
     assert server.accepted == {"a@example.test": 1}
@@ -70,9 +82,12 @@ def test_an_accepted_message_reaches_the_server_once(tmp_path):
         (Stage.END_OF_DATA, 554, "DATA"),
     ],
 )
-def test_replies_about_the_message_come_back_with_their_stage(tmp_path, stage, code, reported_at):
+def test_replies_about_the_message_come_back_with_their_stage(tmp_path, stage, code, reported_at, pipelining):
     rules = [Rule(stage, code, "refused@example.test" if stage is not Stage.MAIL else SENDER, times=1)]
-    with relay(tmp_path, rules=rules) as (port, server), RelaySession(factory(port), reconnect_delays=NO_WAIT) as s:
+    with (
+        relay(tmp_path, rules=rules) as (port, server),
+        RelaySession(factory(port), pipelining=pipelining, reconnect_delays=NO_WAIT) as s,
+    ):
         refused = s.send(SENDER, "refused@example.test", _message("refused@example.test"))
         after = s.send(SENDER, "next@example.test", _message("next@example.test"))
     assert (refused.code, refused.stage, refused.accepted) == (code, reported_at, False)
@@ -83,10 +98,13 @@ def test_replies_about_the_message_come_back_with_their_stage(tmp_path, stage, c
 
 
 @pytest.mark.parametrize("stage", list(Stage))
-def test_421_at_any_stage_reconnects_and_sends_the_message_once(tmp_path, stage):
+def test_421_at_any_stage_reconnects_and_sends_the_message_once(tmp_path, stage, pipelining):
     # The second message's command at that stage; EHLO comes once per session: the first one.
     rules = [Rule(stage, 421, after=0 if stage is Stage.EHLO else 1, times=1)]
-    with relay(tmp_path, rules=rules) as (port, server), RelaySession(factory(port), reconnect_delays=NO_WAIT) as s:
+    with (
+        relay(tmp_path, rules=rules) as (port, server),
+        RelaySession(factory(port), pipelining=pipelining, reconnect_delays=NO_WAIT) as s,
+    ):
         replies = [s.send(SENDER, f"r{i}@example.test", _message(f"r{i}@example.test")) for i in range(4)]
     assert [r.code for r in replies] == [250, 250, 250, 250]
     assert server.accepted == {f"r{i}@example.test": 1 for i in range(4)}
@@ -94,10 +112,10 @@ def test_421_at_any_stage_reconnects_and_sends_the_message_once(tmp_path, stage)
     assert s.reconnects == 1
 
 
-def test_a_relay_capping_its_sessions_gets_every_message_once(tmp_path):
+def test_a_relay_capping_its_sessions_gets_every_message_once(tmp_path, pipelining):
     with (
         relay(tmp_path, max_messages_per_session=3) as (port, server),
-        RelaySession(factory(port), reconnect_delays=NO_WAIT) as s,
+        RelaySession(factory(port), pipelining=pipelining, reconnect_delays=NO_WAIT) as s,
     ):
         replies = [s.send(SENDER, f"r{i}@example.test", _message(f"r{i}@example.test")) for i in range(10)]
     assert all(r.accepted for r in replies)
@@ -105,10 +123,10 @@ def test_a_relay_capping_its_sessions_gets_every_message_once(tmp_path):
     assert server.sessions == 4
 
 
-def test_our_own_session_cap_opens_new_connections_before_the_relay_has_to_refuse(tmp_path):
+def test_our_own_session_cap_opens_new_connections_before_the_relay_has_to_refuse(tmp_path, pipelining):
     with (
         relay(tmp_path) as (port, server),
-        RelaySession(factory(port), reconnect_delays=NO_WAIT, messages_per_connection=2) as s,
+        RelaySession(factory(port), pipelining=pipelining, reconnect_delays=NO_WAIT, messages_per_connection=2) as s,
     ):
         for i in range(5):
             assert s.send(SENDER, f"r{i}@example.test", _message(f"r{i}@example.test")).accepted
@@ -116,10 +134,10 @@ def test_our_own_session_cap_opens_new_connections_before_the_relay_has_to_refus
     assert server.refusals == []
 
 
-def test_an_idle_connection_dropped_by_the_relay_is_reopened(tmp_path):
+def test_an_idle_connection_dropped_by_the_relay_is_reopened(tmp_path, pipelining):
     with (
         relay(tmp_path, idle_timeout=0.3) as (port, server),
-        RelaySession(factory(port), reconnect_delays=NO_WAIT) as s,
+        RelaySession(factory(port), pipelining=pipelining, reconnect_delays=NO_WAIT) as s,
     ):
         assert s.send(SENDER, "a@example.test", _message("a@example.test")).accepted
         time.sleep(0.8)
@@ -129,11 +147,11 @@ def test_an_idle_connection_dropped_by_the_relay_is_reopened(tmp_path):
     assert s.reconnects == 1
 
 
-def test_a_relay_that_keeps_answering_421_makes_the_chunk_give_up_after_the_bounded_attempts(tmp_path):
+def test_a_relay_that_keeps_answering_421_makes_the_chunk_give_up_after_the_bounded_attempts(tmp_path, pipelining):
     waits: list[float] = []
     rules = [Rule(Stage.RCPT, 421)]
     with relay(tmp_path, rules=rules) as (port, server):
-        with RelaySession(factory(port), reconnect_delays=(0.1, 0.2), sleep=waits.append) as s:
+        with RelaySession(factory(port), pipelining=pipelining, reconnect_delays=(0.1, 0.2), sleep=waits.append) as s:
             with pytest.raises(SmtpUnavailable, match=r"after 2 reconnections .*421"):
                 s.send(SENDER, "a@example.test", _message("a@example.test"))
     assert waits == [0.1, 0.2]
@@ -141,16 +159,16 @@ def test_a_relay_that_keeps_answering_421_makes_the_chunk_give_up_after_the_boun
     assert server.accepted == {}
 
 
-def test_an_unreachable_relay_raises_smtp_unavailable_with_what_happened(tmp_path):
+def test_an_unreachable_relay_raises_smtp_unavailable_with_what_happened(tmp_path, pipelining):
     port = free_port()  # nobody listens
     waits: list[float] = []
     with pytest.raises(SmtpUnavailable, match="ConnectionRefusedError"):
-        with RelaySession(factory(port), reconnect_delays=(0.5, 1.0), sleep=waits.append):
+        with RelaySession(factory(port), pipelining=pipelining, reconnect_delays=(0.5, 1.0), sleep=waits.append):
             pass
     assert waits == [0.5, 1.0]
 
 
-def test_the_relay_coming_back_during_the_backoff_is_used(tmp_path):
+def test_the_relay_coming_back_during_the_backoff_is_used(tmp_path, pipelining):
     port = free_port()
     started: list[object] = []
 
@@ -159,7 +177,9 @@ def test_the_relay_coming_back_during_the_backoff_is_used(tmp_path):
             started.append(start_server(tmp_path / "maildir", port=port))
 
     try:
-        with RelaySession(factory(port), reconnect_delays=(1.0,), sleep=start_the_relay_while_waiting) as s:
+        with RelaySession(
+            factory(port), pipelining=pipelining, reconnect_delays=(1.0,), sleep=start_the_relay_while_waiting
+        ) as s:
             assert s.send(SENDER, "a@example.test", _message("a@example.test")).accepted
         assert started[0][1].accepted == {"a@example.test": 1}
     finally:
@@ -167,9 +187,9 @@ def test_the_relay_coming_back_during_the_backoff_is_used(tmp_path):
             controller.stop()
 
 
-def test_smtputf8_is_asked_for_only_when_needed_and_offered(tmp_path):
+def test_smtputf8_is_asked_for_only_when_needed_and_offered(tmp_path, pipelining):
     address = "prénom@example.test"
-    with relay(tmp_path, smtputf8=True) as (port, server), RelaySession(factory(port)) as s:
+    with relay(tmp_path, smtputf8=True) as (port, server), RelaySession(factory(port), pipelining=pipelining) as s:
         assert s.smtputf8
         assert s.send(SENDER, address, _message("x@example.test"), ["SMTPUTF8"]).accepted
         assert s.send(SENDER, "plain@example.test", _message("plain@example.test")).accepted
@@ -177,8 +197,8 @@ def test_smtputf8_is_asked_for_only_when_needed_and_offered(tmp_path):
     assert server.received[0].rcpt_tos == (address,)
 
 
-def test_a_message_needing_smtputf8_is_not_sendable_to_a_relay_without_it(tmp_path):
-    with relay(tmp_path, smtputf8=False) as (port, server), RelaySession(factory(port)) as s:
+def test_a_message_needing_smtputf8_is_not_sendable_to_a_relay_without_it(tmp_path, pipelining):
+    with relay(tmp_path, smtputf8=False) as (port, server), RelaySession(factory(port), pipelining=pipelining) as s:
         assert not s.smtputf8
         with pytest.raises(MessageNotSendable, match="SMTPUTF8"):
             s.send(SENDER, "prénom@example.test", _message("x@example.test"), ["SMTPUTF8"])
@@ -187,3 +207,21 @@ def test_a_message_needing_smtputf8_is_not_sendable_to_a_relay_without_it(tmp_pa
         assert s.send(SENDER, "next@example.test", _message("next@example.test")).accepted
     assert server.accepted == {"next@example.test": 1}
     assert s.reconnects == 0
+
+
+def test_both_ways_put_the_same_bytes_on_the_relay(tmp_path):
+    bodies = [
+        b"Subject: dots\r\n\r\n.\r\n..two\r\n.\r\nend",  # no final line break
+        b"Subject: plain\r\n\r\nHello.\r\n",
+        "Subject: utf8\r\n\r\nGrüße, 🙂\r\n".encode(),
+    ]
+    received = {}
+    for pipelining in (False, True):
+        with relay(tmp_path / str(pipelining), smtputf8=True) as (port, server):
+            with RelaySession(factory(port), pipelining=pipelining) as s:
+                for i, body in enumerate(bodies):
+                    options = ["SMTPUTF8", "BODY=8BITMIME"] if not body.isascii() else []
+                    assert s.send(SENDER, f"r{i}@example.test", body, options).accepted
+            received[pipelining] = [(r.mail_from, r.rcpt_tos, r.mail_options, r.raw) for r in server.received]
+    assert received[True] == received[False]
+    assert received[True][0][3].startswith(b"Subject: dots\r\n\r\n.\r\n..two\r\n")
