@@ -59,7 +59,10 @@ def _describe(exc: BaseException) -> str:
 
 
 def _text(reply: bytes | str) -> str:
-    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    # A relay's words go to the sending log; PostgreSQL's text cannot hold NUL, and one odd reply
+    # must not make the whole batch of rows fail.
+    return text.replace("\x00", "")
 
 
 class RelaySession:

@@ -72,10 +72,10 @@ ADDRESSES = ["ann@example.test", "prénom@example.test", "info@bücher.example",
 
 
 def test_a_relay_without_smtputf8_fails_only_the_non_ascii_local_part_and_the_chunk_goes_on(
-    sqlite_db, tmp_path, add_profiles, new_delivery
+    campaign_db, tmp_path, add_profiles, new_delivery
 ) -> None:
     """Issue 11, failure 1: this recipient used to fail the whole chunk, then the delivery."""
-    engine = sqlite_db.engine
+    engine = campaign_db.engine
     delivery_id = _sending_delivery(
         engine, add_profiles, new_delivery, ADDRESSES, text="Hello {{ profile.email }}\n.\n"
     )
@@ -106,9 +106,9 @@ def test_a_relay_without_smtputf8_fails_only_the_non_ascii_local_part_and_the_ch
 
 
 def test_a_relay_offering_smtputf8_gets_the_non_ascii_local_part_with_smtputf8(
-    sqlite_db, tmp_path, add_profiles, new_delivery
+    campaign_db, tmp_path, add_profiles, new_delivery
 ) -> None:
-    engine = sqlite_db.engine
+    engine = campaign_db.engine
     delivery_id = _sending_delivery(engine, add_profiles, new_delivery, ADDRESSES)
     with relay(tmp_path, smtputf8=True) as (port, server):
         result = send_chunk(engine, delivery_id, "run-1", 1, 4, connection_to(port))
@@ -123,10 +123,10 @@ def test_a_relay_offering_smtputf8_gets_the_non_ascii_local_part_with_smtputf8(
 
 @pytest.mark.parametrize("stage", [Stage.MAIL, Stage.RCPT, Stage.DATA, Stage.END_OF_DATA])
 def test_421_mid_chunk_reconnects_and_everyone_gets_one_message_and_nobody_bounces(
-    sqlite_db, tmp_path, add_profiles, new_delivery, stage
+    campaign_db, tmp_path, add_profiles, new_delivery, stage
 ) -> None:
     """Issue 11, failure 4: a 421 at RCPT used to fail the chunk ("please run connect() first")."""
-    engine = sqlite_db.engine
+    engine = campaign_db.engine
     addresses = [f"r{i}@example.test" for i in range(12)]
     delivery_id = _sending_delivery(engine, add_profiles, new_delivery, addresses)
     rules = [Rule(stage, 421, after=4, times=2, text="4.7.0 Too many connections, closing channel")]
@@ -141,9 +141,9 @@ def test_421_mid_chunk_reconnects_and_everyone_gets_one_message_and_nobody_bounc
 
 
 def test_a_relay_that_stays_unavailable_makes_the_chunk_retry_with_what_was_sent_recorded(
-    sqlite_db, tmp_path, add_profiles, new_delivery
+    campaign_db, tmp_path, add_profiles, new_delivery
 ) -> None:
-    engine = sqlite_db.engine
+    engine = campaign_db.engine
     addresses = [f"r{i}@example.test" for i in range(6)]
     delivery_id = _sending_delivery(engine, add_profiles, new_delivery, addresses)
     rules = [Rule(Stage.RCPT, 421, after=3)]  # from the fourth recipient on, for good
@@ -154,3 +154,17 @@ def test_a_relay_that_stays_unavailable_makes_the_chunk_retry_with_what_was_sent
     rows = _logs(engine, delivery_id)
     assert sorted(rows) == addresses[:3]
     assert {row.status for row in rows.values()} == {"sent"}  # nobody marked because of the relay
+
+
+def test_a_relay_reply_with_a_nul_byte_is_recorded_without_it(campaign_db, tmp_path, add_profiles, new_delivery):
+    """PostgreSQL's text refuses NUL: one odd reply must not fail the batch of sending-log rows."""
+    engine = campaign_db.engine
+    delivery_id = _sending_delivery(engine, add_profiles, new_delivery, ["odd@example.test", "ann@example.test"])
+    rules = [Rule(Stage.RCPT, 550, "odd@example.test", text="5.1.1 no\x00body here")]
+    with relay(tmp_path, rules=rules) as (port, _server):
+        result = send_chunk(engine, delivery_id, "run-1", 1, 2, connection_to(port))
+
+    assert (result.counts["bounced"], result.counts["sent"]) == (1, 1)
+    with engine.begin() as conn:
+        reply = conn.execute(text("SELECT smtp_reply FROM broad_logs WHERE email = 'odd@example.test'")).scalar_one()
+    assert reply == "5.1.1 nobody here"
