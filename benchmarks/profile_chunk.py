@@ -1,7 +1,7 @@
 """python -m benchmarks.profile_chunk [--recipients N]: where one send_chunk spends its time.
 
-Runs send_chunk in this process under cProfile, for a tracked delivery on SQLite, against the
-benchmarks' SMTP sink in its own process, and prints the time by stage and the top functions.
+Runs send_chunk in this process under cProfile, for a tracked delivery on SQLite, against Postfix's
+smtp-sink, and prints the time by stage and the top functions.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from pathlib import Path
 
 from benchmarks import datagen
 from benchmarks.memory_bench import benchmark_tracking_secret, sending_delivery
-from benchmarks.sink import smtp_factory, smtp_sink
+from benchmarks.sink import postfix_sink, smtp_factory
 from campaign.db import make_engine
 from campaign.sending import send_chunk
 
 # Stages by the function that does them (cumulative time, so nested stages overlap the total).
 STAGES = {
-    "SMTP conversation (smtplib.SMTP.sendmail)": ("smtplib.py", "sendmail"),
+    "SMTP conversation (campaign.relay.RelaySession.send)": ("relay.py", "send"),
     "rendering (campaign.rendering.render)": ("rendering.py", "render"),
     "tracked links and pixel (campaign.tracking.Tracker.rewrite)": ("tracking.py", "rewrite"),
     "message building (campaign.message.MessageSkeleton.build)": ("message.py", "build"),
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_chunk", description=__doc__.splitlines()[0])
     parser.add_argument("--recipients", type=int, default=5000)
     args = parser.parse_args(argv)
-    with benchmark_tracking_secret(), smtp_sink() as port, tempfile.TemporaryDirectory() as folder:
+    with benchmark_tracking_secret(), postfix_sink() as sink, tempfile.TemporaryDirectory() as folder:
         engine = make_engine(f"sqlite:///{Path(folder) / 'profile.db'}")
         datagen.profiles(engine, args.recipients)
         delivery_id = sending_delivery(engine, args.recipients)
@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         profiler = cProfile.Profile()
         started = time.perf_counter()
         profiler.enable()
-        result = send_chunk(engine, delivery_id, "bench", 1, args.recipients, smtp_factory(port), soft_retry_delays=())
+        result = send_chunk(
+            engine, delivery_id, "bench", 1, args.recipients, smtp_factory(sink.port), soft_retry_delays=()
+        )
         profiler.disable()
         seconds = time.perf_counter() - started
     stats = pstats.Stats(profiler)

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +40,15 @@ class AirflowClient:
         return self.http.request(method, f"/api/v2{path}", headers=headers, **kwargs)
 
     def trigger(self, user: str, conf: dict, dag_id: str = "confirm_send") -> str:
-        response = self.api("POST", f"/dags/{dag_id}/dagRuns", user, json={"logical_date": None, "conf": conf})
+        for attempt in range(3):
+            response = self.api("POST", f"/dags/{dag_id}/dagRuns", user, json={"logical_date": None, "conf": conf})
+            # The standalone's SQLite metadata database takes one writer at a time: under load the
+            # API server's write can wait out SQLite's 5 s busy timeout and answer 500 "Database
+            # error". Its transaction was rolled back (no run exists), so asking again is safe.
+            if response.status_code == 500 and "Database error" in response.text and attempt < 2:
+                time.sleep(1)
+                continue
+            break
         if response.status_code != 200:
             raise RuntimeError(f"trigger of {dag_id} refused: {response.status_code} {response.text}")
         return response.json()["dag_run_id"]
