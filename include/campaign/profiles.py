@@ -4,11 +4,12 @@ normalised by email-validator, and their form on the wire."""
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from email_validator import EmailNotValidError, ValidatedEmail, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, ValidatedEmail, validate_email
 from sqlalchemy import Engine, select
 
 from campaign.clock import utcnow
@@ -60,8 +61,39 @@ def normalize_email(address: str) -> str:
     return _validated(address.strip().lower()).normalized
 
 
+# The common address, in its stored (lower-case) form: a dot-atom local part of letters, digits
+# and ``._+-``, then LDH labels without "--" (RFC 5891 4.2.3.1 reserves it), an alphabetic TLD.
+# email-validator accepts each such address unchanged (a property test proves it against the
+# library), so ``is_valid_email`` answers it without the library: at send every recipient is
+# checked again, and the library's 90 µs an address was a seventh of a chunk's time.
+_PLAIN_ADDRESS = re.compile(
+    r"(?P<local>[a-z0-9_+-]+(?:\.[a-z0-9_+-]+)*)@(?P<domain>(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"
+    r"(?P<tld>[a-z]{2,63}))"
+)
+_SPECIAL_USE_TLDS = frozenset(SPECIAL_USE_DOMAIN_NAMES) - {"test"}  # .test: see _VALIDATOR_OPTIONS
+
+
+def is_plain_address(address: str) -> bool:
+    """Whether ``address`` is a common ASCII address in its stored form that email-validator
+    accepts as it is (see ``_PLAIN_ADDRESS``); False says nothing, ask the library."""
+    match = _PLAIN_ADDRESS.fullmatch(address)
+    return (
+        match is not None
+        and len(address) <= 254  # RFC 5321 4.5.3.1.3 path, less the angle brackets
+        and len(match["local"]) <= 64  # RFC 5321 4.5.3.1.1
+        and len(match["domain"]) <= 253
+        and "--" not in match["domain"]
+        and match["tld"] not in _SPECIAL_USE_TLDS
+    )
+
+
 def is_valid_email(address: str | None) -> bool:
-    """Whether ``address`` is a syntactically valid email address (internationalised ones too)."""
+    """Whether ``address`` is a syntactically valid email address (internationalised ones too).
+
+    email-validator decides, except for the common addresses ``is_plain_address`` recognises.
+    """
+    if address and is_plain_address(address):
+        return True
     try:
         _validated(address or "")
     except InvalidAddress:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from campaign.errors import InvalidAddress, InvalidInput
-from campaign.profiles import import_profiles_csv, is_valid_email, normalize_email, profile_history
+from campaign.profiles import import_profiles_csv, is_plain_address, is_valid_email, normalize_email, profile_history
 from campaign.schema import profiles
 
 
@@ -299,3 +301,51 @@ def test_profile_history_finds_an_idn_profile_by_either_spelling(sqlite_db, writ
 @pytest.mark.parametrize("address", ["info@bücher.example", "prénom@example.test", "user@sub.example.test"])
 def test_internationalised_addresses_are_valid(address: str) -> None:
     assert is_valid_email(address)
+
+
+# ---------------------------------------------------------------- the fast path, proven against the library
+
+_ATOM = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_+-", min_size=1, max_size=20)
+_LABEL = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=64)
+_NEAR_PLAIN = st.builds(
+    lambda local, labels, tld: f"{'.'.join(local)}@{'.'.join([*labels, tld])}",
+    st.lists(_ATOM, min_size=1, max_size=4),
+    st.lists(_LABEL, min_size=1, max_size=4),
+    st.sampled_from(["com", "example", "test", "local", "localhost", "onion", "arpa", "invalid", "x", "co", "123"])
+    | st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=64),
+)
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=1500)
+@given(address=_NEAR_PLAIN | st.text(max_size=80) | st.emails().map(str.lower))
+def test_every_plain_address_is_one_email_validator_accepts_unchanged(address: str) -> None:
+    if is_plain_address(address):
+        assert normalize_email(address) == address
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "a" * 65 + "@example.test",  # local part over 64
+        "ann@" + "a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61 + ".test",  # domain over 253
+        "ann@ab--cd.example",  # "--" at the third and fourth characters of a label
+        "ann@example.local",
+        "ann@localhost",
+        "ann@example.123",
+        "Ann@example.test",  # not the stored form: the library decides
+        "ann..b@example.test",
+        ".ann@example.test",
+        "ann@-example.test",
+    ],
+)
+def test_what_the_fast_path_does_not_recognise_goes_to_the_library(address: str) -> None:
+    assert not is_plain_address(address)
+    assert is_valid_email(address) == _library_accepts(address)
+
+
+def _library_accepts(address: str) -> bool:
+    try:
+        normalize_email(address)
+    except InvalidAddress:
+        return False
+    return True
