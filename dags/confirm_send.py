@@ -136,9 +136,15 @@ def confirm_send():
         return kpis
 
     operator = check_role()
+    started = start_send(operator)
+    # Planning only reads the prepared target: it runs beside validate and start_send, so the
+    # send waits for one task fewer. Nothing is sent before start_send has claimed the delivery.
     planned = plan_chunks()
-    operator >> validate() >> start_send(operator) >> planned
-    send_chunk.expand(chunk=planned) >> aggregate_kpis()
+    operator >> validate() >> started
+    operator >> planned
+    chunks = send_chunk.expand(chunk=planned)
+    started >> chunks
+    chunks >> aggregate_kpis()
 
 
 confirm_send()

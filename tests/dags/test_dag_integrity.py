@@ -38,10 +38,20 @@ def test_tags_and_retries(dagbag: DagBag, dag_id: str) -> None:
 def test_confirm_send_shape(dagbag: DagBag) -> None:
     dag = dagbag.get_dag("confirm_send")
     assert dag.schedule is None
-    order = ["check_role", "validate", "start_send", "plan_chunks", "send_chunk", "aggregate_kpis"]
-    assert set(dag.task_ids) == set(order)
-    for upstream, downstream in zip(order, order[1:], strict=False):
-        assert upstream in dag.get_task(downstream).upstream_task_ids
+    edges = {
+        ("check_role", "validate"),
+        ("validate", "start_send"),
+        ("check_role", "start_send"),  # start_send records the operator check_role returned
+        ("check_role", "plan_chunks"),  # planning only reads: beside validate and start_send
+        ("start_send", "send_chunk"),
+        ("plan_chunks", "send_chunk"),
+        ("send_chunk", "aggregate_kpis"),
+    }
+    assert set(dag.task_ids) == {task for edge in edges for task in edge}
+    assert {(up, task.task_id) for task in dag.tasks for up in task.upstream_task_ids} == edges
+    # Nothing is sent unless the role, the delivery and the claim of the send all passed first.
+    before_sending = dag.get_task("send_chunk").get_flat_relative_ids(upstream=True)
+    assert {"check_role", "validate", "start_send", "plan_chunks"} <= before_sending
     assert dag.get_task("send_chunk").pool == "campaign_smtp"
     assert dag.get_task("aggregate_kpis").trigger_rule == "all_done"
 
