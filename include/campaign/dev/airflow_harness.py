@@ -165,7 +165,17 @@ def standalone(
             except httpx.HTTPError:
                 return False
 
+        def scheduler_healthy() -> bool:
+            # Serving the DAG is not being ready: the scheduler may still be starting, and a run
+            # triggered then waits for it (seconds that belong to start-up, not to the run).
+            try:
+                health = client.http.get("/api/v2/monitor/health").json()
+            except (httpx.HTTPError, ValueError):
+                return False
+            return all((health.get(part) or {}).get("status") == "healthy" for part in ("scheduler", "dag_processor"))
+
         wait_until(dag_served, 180, 2, "Airflow standalone to serve confirm_send")
+        wait_until(scheduler_healthy, 120, 1, "Airflow standalone's scheduler to report healthy")
         yield base_url, log_path
     finally:
         os.killpg(process.pid, signal.SIGTERM)
