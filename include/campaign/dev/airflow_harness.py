@@ -60,6 +60,15 @@ class AirflowClient:
 
         return wait_until(finished, timeout, 1, f"run {run_id} to finish")
 
+    def wait_idle(self, user: str, timeout: float = 180) -> None:
+        """Wait until no DAG run is queued or running, e.g. the hourly run a fresh scheduler starts."""
+
+        def idle() -> bool:
+            response = self.api("GET", "/dags/~/dagRuns", user, params={"state": ["queued", "running"], "limit": 1})
+            return response.status_code == 200 and response.json()["total_entries"] == 0
+
+        wait_until(idle, timeout, 1, "Airflow to finish the runs it started by itself")
+
     def task_instances(self, run_id: str, user: str, dag_id: str = "confirm_send") -> list[dict]:
         """Every task instance of a run, mapped ones included."""
         response = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", user, params={"limit": 1000})
