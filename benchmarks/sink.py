@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import os
 import re
-import smtplib
 import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from campaign.dev.net import free_port, wait_until
+from campaign.dev.smtp import connection_factory
 
 SMTP_SINK = Path("/usr/sbin/smtp-sink")
 
@@ -96,15 +96,4 @@ def smtp_sink():
         process.wait(10)
 
 
-def smtp_factory(port: int) -> Callable[[], AbstractContextManager[smtplib.SMTP]]:
-    """What send_chunk takes to open its SMTP connection: a plain one to the sink on ``port``."""
-
-    @contextmanager
-    def connection() -> Iterator[smtplib.SMTP]:
-        client = smtplib.SMTP("127.0.0.1", port, timeout=30)
-        try:
-            yield client
-        finally:
-            client.quit()
-
-    return connection
+smtp_factory = connection_factory  # what send_chunk takes to reach a sink on a port

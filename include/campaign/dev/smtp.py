@@ -28,9 +28,11 @@ import fnmatch
 import logging
 import mailbox
 import signal
+import smtplib
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -38,6 +40,9 @@ from typing import Any, AnyStr
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+
+from campaign.dev.net import free_port
+from campaign.relay import SmtpFactory
 
 log = logging.getLogger(__name__)
 
@@ -361,6 +366,32 @@ def start_server(
     )
     controller.start()
     return controller, handler
+
+
+def connection_factory(port: int, host: str = "127.0.0.1", timeout: float = 30) -> SmtpFactory:
+    """What ``send_chunk`` and ``RelaySession`` take to open a connection to a local server on
+    ``port``: plain SMTP, QUIT when it ends (for the tests and the benchmarks)."""
+
+    @contextmanager
+    def connection() -> Iterator[smtplib.SMTP]:
+        client = smtplib.SMTP(host, port, timeout=timeout)
+        try:
+            yield client
+        finally:
+            client.quit()
+
+    return connection
+
+
+@contextmanager
+def running_server(maildir: str | Path | None, **options: Any) -> Iterator[tuple[int, MaildirHandler]]:
+    """``start_server`` on a free loopback port for the length of a ``with``: (port, handler)."""
+    port = free_port()
+    controller, handler = start_server(maildir, port=port, **options)
+    try:
+        yield port, handler
+    finally:
+        controller.stop()
 
 
 def _parse_rule(text: str) -> tuple[str, int]:

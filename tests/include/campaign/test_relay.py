@@ -4,15 +4,12 @@ stage, a dropped or capped session) reconnect and send again, a bounded number o
 
 from __future__ import annotations
 
-import smtplib
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
 from campaign.dev.net import free_port
-from campaign.dev.smtp import Rule, Stage, start_server
+from campaign.dev.smtp import Rule, Stage, connection_factory, running_server, start_server
 from campaign.errors import SmtpUnavailable
 from campaign.relay import MessageNotSendable, RelaySession
 
@@ -33,32 +30,10 @@ def _message(to: str, subject: str = "Hello") -> bytes:
     return f"From: {SENDER}\r\nTo: {to}\r\nSubject: {subject}\r\n\r\nHello.\r\n".encode()
 
 
-@contextmanager
-def relay(tmp_path, **options) -> Iterator[tuple[int, object]]:
-    port = free_port()
-    controller, handler = start_server(tmp_path / "maildir", port=port, **options)
-    try:
-        yield port, handler
-    finally:
-        controller.stop()
-
-
-def factory(port: int):
-    @contextmanager
-    def connect() -> Iterator[smtplib.SMTP]:
-        client = smtplib.SMTP("127.0.0.1", port, timeout=10)
-        try:
-            yield client
-        finally:
-            client.quit()
-
-    return connect
-
-
 def test_an_accepted_message_reaches_the_server_once(tmp_path, pipelining):
     with (
-        relay(tmp_path) as (port, server),
-        RelaySession(factory(port), pipelining=pipelining, reconnect_delays=NO_WAIT) as session,
+        running_server(tmp_path / "maildir") as (port, server),
+        RelaySession(connection_factory(port), pipelining=pipelining, reconnect_delays=NO_WAIT) as session,
     ):
         reply = session.send(SENDER, "a@example.test", _message("a@example.test"))
     assert (reply.code, reply.accepted) == (250, True)
@@ -85,8 +60,8 @@ def test_an_accepted_message_reaches_the_server_once(tmp_path, pipelining):
 def test_replies_about_the_message_come_back_with_their_stage(tmp_path, stage, code, reported_at, pipelining):
     rules = [Rule(stage, code, "refused@example.test" if stage is not Stage.MAIL else SENDER, times=1)]
     with (
-        relay(tmp_path, rules=rules) as (port, server),
-        RelaySession(factory(port), pipelining=pipelining, reconnect_delays=NO_WAIT) as s,
+        running_server(tmp_path / "maildir", rules=rules) as (port, server),
+        RelaySession(connection_factory(port), pipelining=pipelining, reconnect_delays=NO_WAIT) as s,
     ):
         refused = s.send(SENDER, "refused@example.test", _message("refused@example.test"))
         after = s.send(SENDER, "next@example.test", _message("next@example.test"))
@@ -102,8 +77,8 @@ def test_421_at_any_stage_reconnects_and_sends_the_message_once(tmp_path, stage,
     # The second message's command at that stage; EHLO comes once per session: the first one.
     rules = [Rule(stage, 421, after=0 if stage is Stage.EHLO else 1, times=1)]
     with (
-        relay(tmp_path, rules=rules) as (port, server),
-        RelaySession(factory(port), pipelining=pipelining, reconnect_delays=NO_WAIT) as s,
+        running_server(tmp_path / "maildir", rules=rules) as (port, server),
+        RelaySession(connection_factory(port), pipelining=pipelining, reconnect_delays=NO_WAIT) as s,
     ):
         replies = [s.send(SENDER, f"r{i}@example.test", _message(f"r{i}@example.test")) for i in range(4)]
     assert [r.code for r in replies] == [250, 250, 250, 250]
@@ -114,8 +89,8 @@ def test_421_at_any_stage_reconnects_and_sends_the_message_once(tmp_path, stage,
 
 def test_a_relay_capping_its_sessions_gets_every_message_once(tmp_path, pipelining):
     with (
-        relay(tmp_path, max_messages_per_session=3) as (port, server),
-        RelaySession(factory(port), pipelining=pipelining, reconnect_delays=NO_WAIT) as s,
+        running_server(tmp_path / "maildir", max_messages_per_session=3) as (port, server),
+        RelaySession(connection_factory(port), pipelining=pipelining, reconnect_delays=NO_WAIT) as s,
     ):
         replies = [s.send(SENDER, f"r{i}@example.test", _message(f"r{i}@example.test")) for i in range(10)]
     assert all(r.accepted for r in replies)
@@ -125,8 +100,10 @@ def test_a_relay_capping_its_sessions_gets_every_message_once(tmp_path, pipelini
 
 def test_our_own_session_cap_opens_new_connections_before_the_relay_has_to_refuse(tmp_path, pipelining):
     with (
-        relay(tmp_path) as (port, server),
-        RelaySession(factory(port), pipelining=pipelining, reconnect_delays=NO_WAIT, messages_per_connection=2) as s,
+        running_server(tmp_path / "maildir") as (port, server),
+        RelaySession(
+            connection_factory(port), pipelining=pipelining, reconnect_delays=NO_WAIT, messages_per_connection=2
+        ) as s,
     ):
         for i in range(5):
             assert s.send(SENDER, f"r{i}@example.test", _message(f"r{i}@example.test")).accepted
@@ -136,8 +113,8 @@ def test_our_own_session_cap_opens_new_connections_before_the_relay_has_to_refus
 
 def test_an_idle_connection_dropped_by_the_relay_is_reopened(tmp_path, pipelining):
     with (
-        relay(tmp_path, idle_timeout=0.3) as (port, server),
-        RelaySession(factory(port), pipelining=pipelining, reconnect_delays=NO_WAIT) as s,
+        running_server(tmp_path / "maildir", idle_timeout=0.3) as (port, server),
+        RelaySession(connection_factory(port), pipelining=pipelining, reconnect_delays=NO_WAIT) as s,
     ):
         assert s.send(SENDER, "a@example.test", _message("a@example.test")).accepted
         time.sleep(0.8)
@@ -150,8 +127,10 @@ def test_an_idle_connection_dropped_by_the_relay_is_reopened(tmp_path, pipelinin
 def test_a_relay_that_keeps_answering_421_makes_the_chunk_give_up_after_the_bounded_attempts(tmp_path, pipelining):
     waits: list[float] = []
     rules = [Rule(Stage.RCPT, 421)]
-    with relay(tmp_path, rules=rules) as (port, server):
-        with RelaySession(factory(port), pipelining=pipelining, reconnect_delays=(0.1, 0.2), sleep=waits.append) as s:
+    with running_server(tmp_path / "maildir", rules=rules) as (port, server):
+        with RelaySession(
+            connection_factory(port), pipelining=pipelining, reconnect_delays=(0.1, 0.2), sleep=waits.append
+        ) as s:
             with pytest.raises(SmtpUnavailable, match=r"after 2 reconnections .*421"):
                 s.send(SENDER, "a@example.test", _message("a@example.test"))
     assert waits == [0.1, 0.2]
@@ -163,7 +142,9 @@ def test_an_unreachable_relay_raises_smtp_unavailable_with_what_happened(tmp_pat
     port = free_port()  # nobody listens
     waits: list[float] = []
     with pytest.raises(SmtpUnavailable, match="ConnectionRefusedError"):
-        with RelaySession(factory(port), pipelining=pipelining, reconnect_delays=(0.5, 1.0), sleep=waits.append):
+        with RelaySession(
+            connection_factory(port), pipelining=pipelining, reconnect_delays=(0.5, 1.0), sleep=waits.append
+        ):
             pass
     assert waits == [0.5, 1.0]
 
@@ -178,7 +159,10 @@ def test_the_relay_coming_back_during_the_backoff_is_used(tmp_path, pipelining):
 
     try:
         with RelaySession(
-            factory(port), pipelining=pipelining, reconnect_delays=(1.0,), sleep=start_the_relay_while_waiting
+            connection_factory(port),
+            pipelining=pipelining,
+            reconnect_delays=(1.0,),
+            sleep=start_the_relay_while_waiting,
         ) as s:
             assert s.send(SENDER, "a@example.test", _message("a@example.test")).accepted
         assert started[0][1].accepted == {"a@example.test": 1}
@@ -189,7 +173,10 @@ def test_the_relay_coming_back_during_the_backoff_is_used(tmp_path, pipelining):
 
 def test_smtputf8_is_asked_for_only_when_needed_and_offered(tmp_path, pipelining):
     address = "prénom@example.test"
-    with relay(tmp_path, smtputf8=True) as (port, server), RelaySession(factory(port), pipelining=pipelining) as s:
+    with (
+        running_server(tmp_path / "maildir", smtputf8=True) as (port, server),
+        RelaySession(connection_factory(port), pipelining=pipelining) as s,
+    ):
         assert s.smtputf8
         assert s.send(SENDER, address, _message("x@example.test"), ["SMTPUTF8"]).accepted
         assert s.send(SENDER, "plain@example.test", _message("plain@example.test")).accepted
@@ -198,7 +185,10 @@ def test_smtputf8_is_asked_for_only_when_needed_and_offered(tmp_path, pipelining
 
 
 def test_a_message_needing_smtputf8_is_not_sendable_to_a_relay_without_it(tmp_path, pipelining):
-    with relay(tmp_path, smtputf8=False) as (port, server), RelaySession(factory(port), pipelining=pipelining) as s:
+    with (
+        running_server(tmp_path / "maildir", smtputf8=False) as (port, server),
+        RelaySession(connection_factory(port), pipelining=pipelining) as s,
+    ):
         assert not s.smtputf8
         with pytest.raises(MessageNotSendable, match="SMTPUTF8"):
             s.send(SENDER, "prénom@example.test", _message("x@example.test"), ["SMTPUTF8"])
@@ -217,8 +207,8 @@ def test_both_ways_put_the_same_bytes_on_the_relay(tmp_path):
     ]
     received = {}
     for pipelining in (False, True):
-        with relay(tmp_path / str(pipelining), smtputf8=True) as (port, server):
-            with RelaySession(factory(port), pipelining=pipelining) as s:
+        with running_server(tmp_path / str(pipelining) / "maildir", smtputf8=True) as (port, server):
+            with RelaySession(connection_factory(port), pipelining=pipelining) as s:
                 for i, body in enumerate(bodies):
                     options = ["SMTPUTF8", "BODY=8BITMIME"] if not body.isascii() else []
                     assert s.send(SENDER, f"r{i}@example.test", body, options).accepted

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import mailbox
 import re
-import smtplib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from email import message_from_bytes, policy
 
 import pytest
@@ -15,29 +12,9 @@ from sqlalchemy import text
 
 from campaign import deliveries
 from campaign.confirm import start_send
-from campaign.dev.net import free_port
-from campaign.dev.smtp import Rule, Stage, start_server
+from campaign.dev.smtp import Rule, Stage, connection_factory, running_server
 from campaign.errors import SmtpUnavailable
 from campaign.sending import send_chunk
-
-
-@contextmanager
-def relay(tmp_path, **options) -> Iterator[tuple[int, object]]:
-    port = free_port()
-    controller, handler = start_server(tmp_path / "maildir", port=port, **options)
-    try:
-        yield port, handler
-    finally:
-        controller.stop()
-
-
-def connection_to(port: int):
-    @contextmanager
-    def connection() -> Iterator[smtplib.SMTP]:
-        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
-            yield smtp
-
-    return connection
 
 
 def _sending_delivery(engine, add_profiles, new_delivery, addresses: list[str], **spec) -> int:
@@ -79,8 +56,8 @@ def test_a_relay_without_smtputf8_fails_only_the_non_ascii_local_part_and_the_ch
     delivery_id = _sending_delivery(
         engine, add_profiles, new_delivery, ADDRESSES, text="Hello {{ profile.email }}\n.\n"
     )
-    with relay(tmp_path, smtputf8=False) as (port, server):
-        result = send_chunk(engine, delivery_id, "run-1", 1, 4, connection_to(port))
+    with running_server(tmp_path / "maildir", smtputf8=False) as (port, server):
+        result = send_chunk(engine, delivery_id, "run-1", 1, 4, connection_factory(port))
 
     assert (result.counts["sent"], result.counts["failed"]) == (3, 1)
     rows = _logs(engine, delivery_id)
@@ -110,8 +87,8 @@ def test_a_relay_offering_smtputf8_gets_the_non_ascii_local_part_with_smtputf8(
 ) -> None:
     engine = campaign_db.engine
     delivery_id = _sending_delivery(engine, add_profiles, new_delivery, ADDRESSES)
-    with relay(tmp_path, smtputf8=True) as (port, server):
-        result = send_chunk(engine, delivery_id, "run-1", 1, 4, connection_to(port))
+    with running_server(tmp_path / "maildir", smtputf8=True) as (port, server):
+        result = send_chunk(engine, delivery_id, "run-1", 1, 4, connection_factory(port))
 
     assert (result.counts["sent"], result.counts["failed"]) == (4, 0)
     received = {r.rcpt_tos[0]: r for r in server.received}
@@ -130,8 +107,8 @@ def test_421_mid_chunk_reconnects_and_everyone_gets_one_message_and_nobody_bounc
     addresses = [f"r{i}@example.test" for i in range(12)]
     delivery_id = _sending_delivery(engine, add_profiles, new_delivery, addresses)
     rules = [Rule(stage, 421, after=4, times=2, text="4.7.0 Too many connections, closing channel")]
-    with relay(tmp_path, rules=rules, max_messages_per_session=5) as (port, server):
-        result = send_chunk(engine, delivery_id, "run-1", 1, 12, connection_to(port), reconnect_delays=(0, 0, 0))
+    with running_server(tmp_path / "maildir", rules=rules, max_messages_per_session=5) as (port, server):
+        result = send_chunk(engine, delivery_id, "run-1", 1, 12, connection_factory(port), reconnect_delays=(0, 0, 0))
 
     assert result.counts == {"sent": 12}
     assert result.reconnects >= 2
@@ -147,9 +124,9 @@ def test_a_relay_that_stays_unavailable_makes_the_chunk_retry_with_what_was_sent
     addresses = [f"r{i}@example.test" for i in range(6)]
     delivery_id = _sending_delivery(engine, add_profiles, new_delivery, addresses)
     rules = [Rule(Stage.RCPT, 421, after=3)]  # from the fourth recipient on, for good
-    with relay(tmp_path, rules=rules) as (port, server):
+    with running_server(tmp_path / "maildir", rules=rules) as (port, server):
         with pytest.raises(SmtpUnavailable, match=r"seq 1-6.*3 recipients were recorded"):
-            send_chunk(engine, delivery_id, "run-1", 1, 6, connection_to(port), reconnect_delays=(0, 0))
+            send_chunk(engine, delivery_id, "run-1", 1, 6, connection_factory(port), reconnect_delays=(0, 0))
 
     rows = _logs(engine, delivery_id)
     assert sorted(rows) == addresses[:3]
@@ -161,8 +138,8 @@ def test_a_relay_reply_with_a_nul_byte_is_recorded_without_it(campaign_db, tmp_p
     engine = campaign_db.engine
     delivery_id = _sending_delivery(engine, add_profiles, new_delivery, ["odd@example.test", "ann@example.test"])
     rules = [Rule(Stage.RCPT, 550, "odd@example.test", text="5.1.1 no\x00body here")]
-    with relay(tmp_path, rules=rules) as (port, _server):
-        result = send_chunk(engine, delivery_id, "run-1", 1, 2, connection_to(port))
+    with running_server(tmp_path / "maildir", rules=rules) as (port, _server):
+        result = send_chunk(engine, delivery_id, "run-1", 1, 2, connection_factory(port))
 
     assert (result.counts["bounced"], result.counts["sent"]) == (1, 1)
     with engine.begin() as conn:
