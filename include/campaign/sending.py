@@ -104,7 +104,7 @@ MESSAGES_PER_CONNECTION_ENV = "CAMPAIGN_SMTP_MESSAGES_PER_CONNECTION"
 def reconnect_delays_setting() -> tuple[float, ...]:
     """``CAMPAIGN_SMTP_RECONNECT_DELAYS``: comma-separated seconds (default ``0.5,1,2,4,8``).
 
-    Raises ``ConfigurationError`` for anything but non-negative numbers.
+    Raises ``ConfigurationError`` for anything but numbers from 0 to under an hour.
     """
     text = os.environ.get(RECONNECT_DELAYS_ENV, "").strip()
     if not text:
@@ -113,9 +113,9 @@ def reconnect_delays_setting() -> tuple[float, ...]:
         delays = tuple(float(part) for part in text.split(","))
     except ValueError:
         delays = (-1.0,)
-    if any(d < 0 for d in delays):
+    if not delays or any(not (0 <= d < 3600) for d in delays):  # NaN fails the comparison too
         raise ConfigurationError(
-            f"{RECONNECT_DELAYS_ENV} must be comma-separated seconds such as 0.5,1,2,4,8; got {text!r}."
+            f"{RECONNECT_DELAYS_ENV} must be comma-separated seconds under an hour, such as 0.5,1,2,4,8; got {text!r}."
         )
     return delays
 

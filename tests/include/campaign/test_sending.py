@@ -13,8 +13,8 @@ from sqlalchemy import text
 from campaign import deliveries
 from campaign.confirm import start_send
 from campaign.dev.smtp import Rule, Stage, connection_factory, running_server
-from campaign.errors import SmtpUnavailable
-from campaign.sending import send_chunk
+from campaign.errors import ConfigurationError, SmtpUnavailable
+from campaign.sending import messages_per_connection_setting, reconnect_delays_setting, send_chunk
 
 
 def _sending_delivery(engine, add_profiles, new_delivery, addresses: list[str], **spec) -> int:
@@ -145,3 +145,31 @@ def test_a_relay_reply_with_a_nul_byte_is_recorded_without_it(campaign_db, tmp_p
     with engine.begin() as conn:
         reply = conn.execute(text("SELECT smtp_reply FROM broad_logs WHERE email = 'odd@example.test'")).scalar_one()
     assert reply == "5.1.1 nobody here"
+
+
+@pytest.mark.parametrize(
+    ("value", "delays"), [("", (0.5, 1.0, 2.0, 4.0, 8.0)), ("0,0.25, 3", (0.0, 0.25, 3.0)), ("10", (10.0,))]
+)
+def test_reconnect_delays_come_from_the_environment(monkeypatch, value, delays) -> None:
+    monkeypatch.setenv("CAMPAIGN_SMTP_RECONNECT_DELAYS", value)
+    assert reconnect_delays_setting() == delays
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "1,,2", "nan", "inf", "1e9"])
+def test_a_wrong_reconnect_delay_is_one_sentence_naming_the_variable(monkeypatch, value) -> None:
+    monkeypatch.setenv("CAMPAIGN_SMTP_RECONNECT_DELAYS", value)
+    with pytest.raises(ConfigurationError, match=r"^CAMPAIGN_SMTP_RECONNECT_DELAYS must be .*got"):
+        reconnect_delays_setting()
+
+
+@pytest.mark.parametrize(("value", "cap"), [("", 0), ("0", 0), (" 100 ", 100)])
+def test_messages_per_connection_comes_from_the_environment(monkeypatch, value, cap) -> None:
+    monkeypatch.setenv("CAMPAIGN_SMTP_MESSAGES_PER_CONNECTION", value)
+    assert messages_per_connection_setting() == cap
+
+
+@pytest.mark.parametrize("value", ["-5", "ten", "1.5"])
+def test_a_wrong_messages_per_connection_is_one_sentence(monkeypatch, value) -> None:
+    monkeypatch.setenv("CAMPAIGN_SMTP_MESSAGES_PER_CONNECTION", value)
+    with pytest.raises(ConfigurationError, match=r"^CAMPAIGN_SMTP_MESSAGES_PER_CONNECTION must be"):
+        messages_per_connection_setting()
