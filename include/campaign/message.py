@@ -101,12 +101,14 @@ class BuiltMessage:
     ``envelope_to``: the recipient as RCPT TO takes it (the A-label domain unless SMTPUTF8).
     ``mail_options``: ``()``, or ``("SMTPUTF8", "BODY=8BITMIME")`` when ``data`` or the
     envelope are not ASCII (only with a skeleton made with ``smtputf8=True``).
+    ``envelope_from``: the sender as MAIL FROM takes it.
     """
 
     data: bytes
     message_id: str
     envelope_to: str
     mail_options: tuple[str, ...] = ()
+    envelope_from: str = ""
 
 
 def _octets(text: str) -> int:
@@ -485,5 +487,5 @@ class MessageSkeleton:
             (head.encode("utf-8"), self._text_heads[text_cte], text, self._html_heads[html_cte], html, self._end)
         )
         if smtputf8 and not data.isascii():
-            return BuiltMessage(data, mid, to_address, ("SMTPUTF8", "BODY=8BITMIME"))
-        return BuiltMessage(data, mid, to_address)
+            return BuiltMessage(data, mid, to_address, ("SMTPUTF8", "BODY=8BITMIME"), self.envelope_from)
+        return BuiltMessage(data, mid, to_address, (), self.envelope_from)

@@ -36,7 +36,7 @@ from campaign.errors import (
 from campaign.message import BuiltMessage, MessageSkeleton
 from campaign.profiles import is_valid_email
 from campaign.relay import DEFAULT_RECONNECT_DELAYS, MessageNotSendable, RelaySession, SmtpFactory
-from campaign.rendering import compile_templates, recipient_context, render, tracking_base_url
+from campaign.rendering import RenderedMessage, compile_templates, recipient_context, render, tracking_base_url
 from campaign.tokens import tracking_secret
 from campaign.tracking import Tracker, load_links
 
@@ -177,12 +177,39 @@ class _ChunkSender:
         self.to_quarantine: list[dict[str, Any]] = []
 
     def use_relay(self, relay: RelaySession | None) -> None:
-        """Build messages for this relay: with SMTPUTF8 (RFC 6531) only when it offers it."""
-        smtputf8 = relay is not None and relay.smtputf8
-        self.skeleton = MessageSkeleton.for_delivery(
-            self.delivery.content, self.base_url, self.secret, smtputf8=smtputf8
-        )
-        self.sender_address = self.skeleton.envelope_from
+        """Build messages for this relay session.
+
+        Every message that can be written in ASCII is (encoded-words, quoted-printable, A-labels),
+        whatever the relay offers: a message flagged SMTPUTF8 bounces at any later hop without
+        SMTPUTF8 (RFC 6531 3.2). Only a message that cannot be ASCII (a non-ASCII local part) is
+        built for SMTPUTF8, and only while the relay of the moment offers it.
+        """
+        self.relay = relay
+        content = self.delivery.content
+        try:
+            self.skeleton: MessageSkeleton | None = MessageSkeleton.for_delivery(content, self.base_url, self.secret)
+        except AddressNeedsSmtpUtf8:  # the sender itself needs SMTPUTF8
+            self.skeleton = None
+        self.utf8_skeleton: MessageSkeleton | None = None
+
+    def build(self, rendered: RenderedMessage, recipient: dict[str, Any]) -> BuiltMessage:
+        """The recipient's message, in ASCII when it can be (see ``use_relay``); raises
+        ``AddressNeedsSmtpUtf8`` when it cannot and the relay does not offer SMTPUTF8."""
+        if self.skeleton is not None:
+            try:
+                return self.skeleton.build(rendered, recipient["email"], recipient["profile_id"])
+            except AddressNeedsSmtpUtf8:
+                pass
+        if self.relay is None or not self.relay.smtputf8:
+            whose = "the delivery's sender" if self.skeleton is None else f"the address {recipient['email']!r}"
+            raise AddressNeedsSmtpUtf8(
+                f"{whose} has a non-ASCII local part and the relay does not offer SMTPUTF8 (RFC 6531)"
+            )
+        if self.utf8_skeleton is None:
+            self.utf8_skeleton = MessageSkeleton.for_delivery(
+                self.delivery.content, self.base_url, self.secret, smtputf8=True
+            )
+        return self.utf8_skeleton.build(rendered, recipient["email"], recipient["profile_id"])
 
     def record(
         self,
@@ -250,10 +277,9 @@ class _ChunkSender:
         if self.tracker is not None:
             rendered = replace(rendered, html=self.tracker.rewrite(rendered.html, recipient["profile_id"]))
         try:
-            return self.skeleton.build(rendered, recipient["email"], recipient["profile_id"])
-        except AddressNeedsSmtpUtf8:
-            reason = "address needs SMTPUTF8: its local part is not ASCII and the relay does not offer SMTPUTF8"
-            self.record(recipient, "failed", failure_type="hard", reason=reason)
+            return self.build(rendered, recipient)
+        except AddressNeedsSmtpUtf8 as exc:
+            self.record(recipient, "failed", failure_type="hard", reason=f"address needs SMTPUTF8: {exc}")
         except InvalidAddress as exc:
             self.record(recipient, "failed", failure_type="hard", reason=f"malformed address: {exc}")
         except Exception as exc:  # one recipient's data must never stop the others
@@ -270,7 +296,7 @@ class _ChunkSender:
         again, or raises ``SmtpUnavailable`` when the relay stays unreachable.
         """
         try:
-            reply = relay.send(self.sender_address, message.envelope_to, message.data, message.mail_options)
+            reply = relay.send(message.envelope_from, message.envelope_to, message.data, message.mail_options)
         except MessageNotSendable as exc:
             self.record(recipient, "failed", failure_type="hard", reason=str(exc), message_id=message.message_id)
             return None
@@ -281,7 +307,7 @@ class _ChunkSender:
         if reply.stage == "MAIL":
             if reply.code >= 500:
                 raise PermanentError(
-                    f"The SMTP server refuses the sender {self.sender_address!r}: {reply.code} {reply.text}. "
+                    f"The SMTP server refuses the sender {message.envelope_from!r}: {reply.code} {reply.text}. "
                     "Fix the delivery's sender or the relay's settings."
                 )
             return self._refused(recipient, message, attempts, reply.code, reply.text, "sender deferred")

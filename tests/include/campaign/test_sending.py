@@ -7,6 +7,7 @@ import mailbox
 import re
 from email import message_from_bytes, policy
 
+import idna
 import pytest
 from sqlalchemy import text
 
@@ -96,6 +97,35 @@ def test_a_relay_offering_smtputf8_gets_the_non_ascii_local_part_with_smtputf8(
     assert "SMTPUTF8" not in received["ann@example.test"].mail_options
     mail = message_from_bytes(received["prénom@example.test"].raw, policy=policy.default)
     assert str(mail["To"]) == "prénom@example.test"  # raw UTF-8 (RFC 6532), no encoded-word
+
+
+def test_a_message_that_can_be_ascii_is_ascii_even_when_the_relay_offers_smtputf8(
+    campaign_db, tmp_path, add_profiles, new_delivery
+) -> None:
+    """A fresh user's find: with a relay offering SMTPUTF8, a non-ASCII subject or sender name
+    made every message SMTPUTF8, which bounces at any later hop without it (RFC 6531 3.2)."""
+    engine = campaign_db.engine
+    delivery_id = _sending_delivery(
+        engine,
+        add_profiles,
+        new_delivery,
+        ["ann@example.test", "prénom@example.test"],
+        sender='"Bücher Shöp, Ltd." <news@bücher-shop.example>',
+        subject="Grüße, {{ profile.email }} — Ünïcödé sale",
+        text="Grüße 🙂\n",
+    )
+    with running_server(tmp_path / "maildir", smtputf8=True) as (port, server):
+        result = send_chunk(engine, delivery_id, "run-1", 1, 2, connection_factory(port))
+
+    assert result.counts == {"sent": 2}
+    received = {r.rcpt_tos[0]: r for r in server.received}
+    ascii_one, utf8_one = received["ann@example.test"], received["prénom@example.test"]
+    assert "SMTPUTF8" not in ascii_one.mail_options and ascii_one.raw.isascii()
+    assert ascii_one.mail_from == "news@" + idna.encode("bücher-shop.example").decode()
+    mail = message_from_bytes(ascii_one.raw, policy=policy.default)
+    assert str(mail["Subject"]) == "Grüße, ann@example.test — Ünïcödé sale"
+    assert mail.get_body(("plain",)).get_content() == "Grüße 🙂\r\n"
+    assert "SMTPUTF8" in utf8_one.mail_options  # only the address that cannot be ASCII
 
 
 @pytest.mark.parametrize("stage", [Stage.MAIL, Stage.RCPT, Stage.DATA, Stage.END_OF_DATA])
