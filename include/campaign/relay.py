@@ -97,6 +97,7 @@ class RelaySession:
         self._stack: ExitStack | None = None
         self._smtp: smtplib.SMTP | None = None
         self._on_connection = 0
+        self._deferred_in_a_row = 0  # messages in a row given back as 421 deferrals
 
     def __enter__(self) -> RelaySession:
         failures, last = 0, ""
@@ -137,15 +138,17 @@ class RelaySession:
         except (OSError, smtplib.SMTPException):
             pass
 
-    def _wait_or_give_up(self, failures: int, last: str) -> None:
-        """Before attempt ``failures + 1``: wait its backoff, or give up when they are spent."""
+    def _wait_or_give_up(self, failures: int, last: str, *, at_once: bool = False) -> None:
+        """Before attempt ``failures + 1``: wait its backoff (none when ``at_once``), or give up
+        when they are spent."""
         if not failures:
             return
         if failures > len(self.reconnect_delays):
             raise SmtpUnavailable(
                 f"The SMTP relay stays unavailable after {len(self.reconnect_delays)} reconnections (last: {last})."
             )
-        self.sleep(self.reconnect_delays[failures - 1])
+        if not at_once:
+            self.sleep(self.reconnect_delays[failures - 1])
 
     @property
     def reconnects(self) -> int:
@@ -175,15 +178,30 @@ class RelaySession:
         options = list(mail_options)
         smtputf8 = any(option.upper() == "SMTPUTF8" for option in options)
         failures, last = 0, ""
+        # The last failure, when it was a 421 to this message on a connection that opened fine.
+        refused_on_working_connection: Reply | None = None
+        # A session that carried mail and then ended (a cap, an idle drop) is reopened at once:
+        # relays take a new connection right away; the backoff is for a relay in trouble.
+        ended_after_mail = False
         while True:
-            self._wait_or_give_up(failures, last)
+            if (
+                failures > len(self.reconnect_delays)
+                and refused_on_working_connection is not None
+                and not self._deferred_in_a_row
+            ):
+                # The relay answers 421 to this recipient through every new connection: a
+                # deferral of the recipient (retried, then a soft bounce), not the relay's loss.
+                # A second one in a row means the relay refuses everyone: give up then.
+                self._deferred_in_a_row += 1
+                return refused_on_working_connection
+            self._wait_or_give_up(failures, last, at_once=failures == 1 and ended_after_mail)
             if self._smtp is not None and self.messages_per_connection:
                 if self._on_connection >= self.messages_per_connection:
                     self._drop()
             try:
                 smtp = self._smtp or self._connect()
             except (SmtpUnavailable, OSError, smtplib.SMTPException) as exc:
-                failures, last = failures + 1, _describe(exc)
+                failures, last, refused_on_working_connection = failures + 1, _describe(exc), None
                 continue
             if not smtputf8 and not (envelope_sender.isascii() and recipient.isascii()):
                 # smtplib would fail half-way through the transaction, writing a command in ASCII.
@@ -205,17 +223,22 @@ class RelaySession:
             except smtplib.SMTPNotSupportedError as exc:
                 raise MessageNotSendable(f"the relay cannot take this message: {exc}") from None
             except (smtplib.SMTPException, OSError) as exc:  # lost, reset, timed out, 421 at EHLO
+                ended_after_mail = failures == 0 and self._on_connection > 0
                 self._drop()
-                failures, last = failures + 1, _describe(exc)
+                failures, last, refused_on_working_connection = failures + 1, _describe(exc), None
                 continue
             else:
                 self._on_connection += 1
+                self._deferred_in_a_row = 0
                 return Reply(250, "accepted")
             if reply.code == SERVICE_NOT_AVAILABLE or smtp.sock is None:
                 # About the session, not the recipient (smtplib has closed it): send again.
+                ended_after_mail = failures == 0 and self._on_connection > 0
                 self._drop()
-                failures, last = failures + 1, f"{reply.code} {reply.text} at {reply.stage}"
+                failures, last = failures + 1, f"{reply.code} {reply.text} at {reply.stage} for {recipient}"
+                refused_on_working_connection = reply if reply.stage in ("RCPT", "DATA") else None
                 continue
+            self._deferred_in_a_row = 0
             self._reset(smtp)
             return reply
 

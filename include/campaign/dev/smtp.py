@@ -1,5 +1,6 @@
-"""A local SMTP server for the embedded default and the tests: stores every mail in a Maildir, and
-misbehaves on demand the way real relays do.
+"""A local SMTP server for make run and the tests: stores mail in a Maildir, misbehaves on demand.
+
+It misbehaves the way real relays do.
 
 Nothing leaves the machine. Reject rules make it answer like a real relay would for chosen
 addresses (``*@hard-bounce.test=550`` → permanent refusal, ``*@soft-bounce.test=451`` → temporary).
@@ -423,7 +424,12 @@ def main(argv: list[str] | None = None) -> None:
     target.add_argument("--discard", action="store_true", help="count mail without storing it (benchmarks)")
     parser.add_argument("--reject", type=_parse_rule, action="append", help="PATTERN=CODE at RCPT TO, repeatable")
     parser.add_argument(
-        "--rule", type=_parse_stage_rule, action="append", default=[], help="STAGE:PATTERN=CODE, repeatable"
+        "--rule",
+        type=_parse_stage_rule,
+        action="append",
+        default=[],
+        help="STAGE:PATTERN=CODE, repeatable; STAGE is one of ehlo, mail, rcpt, data, end_of_data "
+        "(e.g. rcpt:*@x.test=421)",
     )
     parser.add_argument("--max-messages-per-session", type=int, help="421 and close after N messages")
     parser.add_argument("--idle-timeout", type=float, help="seconds before an idle session gets 421 and is closed")

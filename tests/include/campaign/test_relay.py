@@ -131,11 +131,41 @@ def test_a_relay_that_keeps_answering_421_makes_the_chunk_give_up_after_the_boun
         with RelaySession(
             connection_factory(port), pipelining=pipelining, reconnect_delays=(0.1, 0.2), sleep=waits.append
         ) as s:
-            with pytest.raises(SmtpUnavailable, match=r"after 2 reconnections .*421"):
-                s.send(SENDER, "a@example.test", _message("a@example.test"))
-    assert waits == [0.1, 0.2]
-    assert server.refusals_at(Stage.RCPT) == {421: 3}
+            # The first recipient refused through every new connection is given back as a
+            # deferral (the connections themselves opened fine); the second in a row is the relay.
+            deferred = s.send(SENDER, "a@example.test", _message("a@example.test"))
+            with pytest.raises(SmtpUnavailable, match=r"after 2 reconnections .*421 .* at RCPT for b@example.test"):
+                s.send(SENDER, "b@example.test", _message("b@example.test"))
+    assert (deferred.code, deferred.stage, deferred.accepted) == (421, "RCPT", False)
+    assert waits == [0.1, 0.2, 0.1, 0.2]
+    assert server.refusals_at(Stage.RCPT) == {421: 6}
     assert server.accepted == {}
+
+
+def test_one_recipient_refused_with_421_through_every_connection_does_not_stop_the_others(tmp_path, pipelining):
+    """A fresh user's find: a relay answering 421 to one address only failed the whole chunk."""
+    rules = [Rule(Stage.RCPT, 421, "stuck@x.test")]
+    with running_server(tmp_path / "maildir", rules=rules) as (port, server):
+        with RelaySession(connection_factory(port), pipelining=pipelining, reconnect_delays=NO_WAIT) as s:
+            replies = [
+                s.send(SENDER, address, _message(address))
+                for address in ("a@example.test", "stuck@x.test", "b@example.test", "stuck@x.test", "c@example.test")
+            ]
+    assert [r.code for r in replies] == [250, 421, 250, 421, 250]
+    assert server.accepted == {"a@example.test": 1, "b@example.test": 1, "c@example.test": 1}
+
+
+def test_a_session_that_carried_mail_and_ended_is_reopened_without_waiting(tmp_path, pipelining):
+    """A fresh user's find: each end of a capped session cost the first backoff (0.5 s)."""
+    waits: list[float] = []
+    with running_server(tmp_path / "maildir", max_messages_per_session=2) as (port, server):
+        with RelaySession(
+            connection_factory(port), pipelining=pipelining, reconnect_delays=(5.0,), sleep=waits.append
+        ) as s:
+            for i in range(6):
+                assert s.send(SENDER, f"r{i}@example.test", _message(f"r{i}@example.test")).accepted
+    assert waits == []
+    assert server.sessions == 3
 
 
 def test_an_unreachable_relay_raises_smtp_unavailable_with_what_happened(tmp_path, pipelining):

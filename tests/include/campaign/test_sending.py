@@ -203,3 +203,29 @@ def test_a_wrong_messages_per_connection_is_one_sentence(monkeypatch, value) -> 
     monkeypatch.setenv("CAMPAIGN_SMTP_MESSAGES_PER_CONNECTION", value)
     with pytest.raises(ConfigurationError, match=r"^CAMPAIGN_SMTP_MESSAGES_PER_CONNECTION must be"):
         messages_per_connection_setting()
+
+
+def test_a_chunk_with_one_address_the_relay_always_answers_421_sends_the_others(
+    campaign_db, tmp_path, add_profiles, new_delivery
+) -> None:
+    """A fresh user's find: one such address failed the whole chunk, and the delivery with it."""
+    engine = campaign_db.engine
+    addresses = ["a@example.test", "stuck@x.test", "b@example.test", "c@example.test"]
+    delivery_id = _sending_delivery(engine, add_profiles, new_delivery, addresses)
+    rules = [Rule(Stage.RCPT, 421, "stuck@x.test", text="4.7.0 Too many connections, closing channel")]
+    with running_server(tmp_path / "maildir", rules=rules) as (port, server):
+        result = send_chunk(
+            engine,
+            delivery_id,
+            "run-1",
+            1,
+            4,
+            connection_factory(port),
+            soft_retry_delays=(0,),
+            reconnect_delays=(0, 0),
+        )
+
+    assert result.counts == {"sent": 3, "bounced": 1}
+    stuck = _logs(engine, delivery_id)["stuck@x.test"]
+    assert (stuck.status, stuck.failure_type) == ("bounced", "soft")
+    assert server.accepted == {"a@example.test": 1, "b@example.test": 1, "c@example.test": 1}
