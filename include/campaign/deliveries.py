@@ -13,8 +13,8 @@ from sqlalchemy import Connection, Engine, select, update
 
 from campaign.clock import utcnow
 from campaign.db import sql
-from campaign.errors import DeliveryNotFound, DeliveryStateError, InvalidInput
-from campaign.profiles import is_valid_email
+from campaign.errors import DeliveryNotFound, DeliveryStateError, InvalidAddress, InvalidInput
+from campaign.profiles import normalize_email
 from campaign.rendering import DeliveryContent, compile_templates
 from campaign.schema import deliveries
 
@@ -91,11 +91,24 @@ def read_spec(path: str | Path) -> dict[str, Any]:
     return spec
 
 
+def _check_sender(sender: str) -> None:
+    """One mailbox, ``Name <address>`` or a bare address; raises InvalidInput saying what is wrong."""
+    problem = None
+    if "\r" in sender or "\n" in sender:
+        problem = "it contains a line break"
+    elif len(getaddresses([sender])) != 1:
+        problem = 'it names more than one address (a display name with a comma must be quoted: "Shop, Ltd." <...>)'
+    else:
+        try:
+            normalize_email(parseaddr(sender)[1])
+        except InvalidAddress as exc:
+            problem = str(exc)
+    if problem is not None:
+        raise InvalidInput(f"Sender {sender!r} is not a valid address: {problem}")
+
+
 def create_delivery(engine: Engine, spec: dict[str, Any]) -> int:
-    sender = str(spec["sender"])
-    sender_address = parseaddr(sender)[1]
-    if "\r" in sender or "\n" in sender or len(getaddresses([sender])) != 1 or not is_valid_email(sender_address):
-        raise InvalidInput(f"Sender {spec['sender']!r} is not a valid address.")
+    _check_sender(str(spec["sender"]))
     tracking = spec.get("tracking", True)
     if not isinstance(tracking, bool):
         raise InvalidInput(f"tracking must be true or false, got {tracking!r}.")

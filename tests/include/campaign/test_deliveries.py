@@ -160,8 +160,16 @@ def test_create_delivery_rejects_an_invalid_sender(campaign_db, new_delivery, se
     with pytest.raises(InvalidInput) as excinfo:
         new_delivery(campaign_db.engine, sender=sender)
 
-    assert str(excinfo.value) == f"Sender {sender!r} is not a valid address."
+    message = str(excinfo.value)
+    assert message.startswith(f"Sender {sender!r} is not a valid address: ")
+    assert len(message) > len(f"Sender {sender!r} is not a valid address: ") + 10  # it says why
     assert delivery_count(campaign_db.engine) == 0
+
+
+def test_a_sender_with_an_unquoted_comma_is_told_to_quote_it(sqlite_db, new_delivery) -> None:
+    with pytest.raises(InvalidInput, match=r"more than one address \(a display name with a comma must be quoted"):
+        new_delivery(sqlite_db.engine, sender="Bücher Shöp, Ltd. <news@bücher-shop.example>")
+    assert new_delivery(sqlite_db.engine, sender='"Bücher Shöp, Ltd." <news@bücher-shop.example>')
 
 
 @pytest.mark.parametrize(
