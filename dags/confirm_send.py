@@ -8,7 +8,7 @@ import time
 from airflow.sdk import Param, dag, get_current_context, task
 
 from campaign import confirm, operators, stats
-from campaign.airflow_glue import campaign_engine, campaign_smtp, max_map_length, says_why, smtp_pool_slots
+from campaign.airflow_glue import campaign_engine, campaign_smtp, max_map_length, says_why
 from campaign.sending import send_chunk as send_chunk_of_delivery
 from dag_defaults import DEFAULT_ARGS
 
@@ -95,7 +95,7 @@ def confirm_send():
     def plan_chunks() -> list[dict[str, int]]:
         params, _ = _run_params()
         count = confirm.target_count(campaign_engine(), params["delivery_id"])
-        chunk_size, slots = params.get("chunk_size"), smtp_pool_slots()
+        chunk_size, slots = params.get("chunk_size")()
         chunks = confirm.plan_chunks(count, chunk_size, max_map_length(), slots)
         log.info(
             "plan_chunks: %s recipients in %s chunks of up to %s (%s)",

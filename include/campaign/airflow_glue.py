@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import smtplib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,7 +12,6 @@ from airflow.providers.smtp.hooks.smtp import SmtpHook
 from airflow.sdk import BaseHook
 from sqlalchemy import Engine
 
-from campaign.confirm import DEFAULT_POOL_SLOTS, POOL_SLOTS_ENV
 from campaign.db import make_engine, url_from_connection_fields
 from campaign.errors import CampaignError, ConfigurationError, SmtpUnavailable
 
@@ -102,21 +100,3 @@ def max_map_length() -> int:
     from airflow.configuration import conf
 
     return conf.getint("core", "max_map_length", fallback=1024)
-
-
-def smtp_pool_slots() -> int:
-    """The slots of pool ``campaign_smtp``, as the deployment declares them in the environment
-    variable CAMPAIGN_SMTP_POOL_SLOTS (default 4).
-
-    A task cannot read the pool itself: in Airflow 3 a task reaches the metadata database only
-    through the Execution API, which serves connections, variables, XComs and task states, not
-    pools. So the deployment sets the variable where it creates the pool (docker-compose.yaml's
-    airflow-init, scripts/run-embedded.sh, the standalone harness). A count that differs from the
-    pool's only changes how a send is cut into chunks, never what is sent.
-    """
-    value = os.environ.get(POOL_SLOTS_ENV, "").strip()
-    if not value:
-        return DEFAULT_POOL_SLOTS
-    if not value.isdigit() or int(value) < 1:
-        raise ConfigurationError(f"{POOL_SLOTS_ENV} must be a positive number of slots, got {value!r}.")
-    return int(value)

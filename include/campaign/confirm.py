@@ -22,6 +22,7 @@ from campaign.errors import (
 )
 from campaign.rendering import compile_templates, recipient_context, render
 from campaign.schema import delivery_targets, profiles
+from campaign.settings import whole_number
 from campaign.tracking import register_links
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,20 @@ def auto_chunk_size(target_count: int, pool_slots: int) -> int:
     else:
         count = max(1, fitting)
     return max(1, math.ceil(target_count / count))
+
+
+def pool_slots_setting() -> int:
+    """The slots of pool ``campaign_smtp``, as the deployment declares them in the environment
+    variable CAMPAIGN_SMTP_POOL_SLOTS (default 4); raises ``ConfigurationError`` for anything but
+    a positive count.
+
+    A task cannot read the pool itself: in Airflow 3 a task reaches the metadata database only
+    through the Execution API, which serves connections, variables, XComs and task states, not
+    pools. So the deployment sets the variable where it creates the pool (docker-compose.yaml's
+    airflow-init, scripts/run-embedded.sh, the standalone harness). A count that differs from the
+    pool's only changes how a send is cut into chunks, never what is sent.
+    """
+    return whole_number(POOL_SLOTS_ENV, DEFAULT_POOL_SLOTS, minimum=1, what="a positive number of slots")
 
 
 def target_count(engine: Engine, delivery_id: int) -> int:

@@ -26,7 +26,6 @@ from campaign.db import sql
 from campaign.deliveries import Delivery, load_delivery
 from campaign.errors import (
     AddressNeedsSmtpUtf8,
-    ConfigurationError,
     InvalidAddress,
     PermanentError,
     SendConflict,
@@ -37,6 +36,7 @@ from campaign.message import BuiltMessage, MessageSkeleton
 from campaign.profiles import is_valid_email
 from campaign.relay import DEFAULT_RECONNECT_DELAYS, MessageNotSendable, RelaySession, SmtpFactory
 from campaign.rendering import RenderedMessage, compile_templates, recipient_context, render, tracking_base_url
+from campaign.settings import seconds_list, whole_number
 from campaign.tokens import tracking_secret
 from campaign.tracking import Tracker, load_links
 
@@ -102,31 +102,15 @@ MESSAGES_PER_CONNECTION_ENV = "CAMPAIGN_SMTP_MESSAGES_PER_CONNECTION"
 
 
 def reconnect_delays_setting() -> tuple[float, ...]:
-    """``CAMPAIGN_SMTP_RECONNECT_DELAYS``: comma-separated seconds (default ``0.5,1,2,4,8``).
-
-    Raises ``ConfigurationError`` for anything but numbers from 0 to under an hour.
-    """
-    text = os.environ.get(RECONNECT_DELAYS_ENV, "").strip()
-    if not text:
-        return DEFAULT_RECONNECT_DELAYS
-    try:
-        delays = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        delays = (-1.0,)
-    if not delays or any(not (0 <= d < 3600) for d in delays):  # NaN fails the comparison too
-        raise ConfigurationError(
-            f"{RECONNECT_DELAYS_ENV} must be comma-separated seconds under an hour, such as 0.5,1,2,4,8; got {text!r}."
-        )
-    return delays
+    """``CAMPAIGN_SMTP_RECONNECT_DELAYS``: comma-separated seconds (default ``0.5,1,2,4,8``), each
+    under an hour; raises ``ConfigurationError`` otherwise."""
+    return seconds_list(RECONNECT_DELAYS_ENV, DEFAULT_RECONNECT_DELAYS, example="0.5,1,2,4,8")
 
 
 def messages_per_connection_setting() -> int:
     """``CAMPAIGN_SMTP_MESSAGES_PER_CONNECTION``: a new SMTP session after so many messages, for
     relays that cap sessions (default 0: as many as the relay takes; a 421 reconnects anyway)."""
-    text = os.environ.get(MESSAGES_PER_CONNECTION_ENV, "").strip() or "0"
-    if not text.isdigit():
-        raise ConfigurationError(f"{MESSAGES_PER_CONNECTION_ENV} must be a whole number >= 0, got {text!r}.")
-    return int(text)
+    return whole_number(MESSAGES_PER_CONNECTION_ENV, 0, minimum=0, what="a whole number >= 0")
 
 
 @dataclass

@@ -13,11 +13,19 @@ from campaign.confirm import (
     auto_chunk_size,
     format_kpi_table,
     plan_chunks,
+    pool_slots_setting,
     start_send,
     validate_delivery,
 )
 from campaign.deliveries import load_delivery, prepare_delivery
-from campaign.errors import DeliveryNotFound, DeliveryStateError, InvalidInput, SendConflict, TemplateProblem
+from campaign.errors import (
+    ConfigurationError,
+    DeliveryNotFound,
+    DeliveryStateError,
+    InvalidInput,
+    SendConflict,
+    TemplateProblem,
+)
 from campaign.schema import broad_logs, deliveries, delivery_kpis, delivery_targets, tracking_logs
 from campaign.stats import compute_kpis, fold_new_events
 
@@ -438,3 +446,28 @@ def test_format_kpi_table_shows_na_for_missing_rates() -> None:
     assert "bounce + error rate | n/a" in lines
     assert "open rate           | n/a" in lines
     assert "click-through rate  | 0.00%" in lines
+
+
+# ---------------------------------------------------------------- the pool's slots, from the deployment
+
+
+def test_pool_slots_default_to_four(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CAMPAIGN_SMTP_POOL_SLOTS", raising=False)
+
+    assert pool_slots_setting() == 4
+
+
+def test_pool_slots_come_from_the_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAMPAIGN_SMTP_POOL_SLOTS", "8")
+
+    assert pool_slots_setting() == 8
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "four", "2.5"])
+def test_pool_slots_refuse_what_is_not_a_positive_count(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("CAMPAIGN_SMTP_POOL_SLOTS", value)
+
+    with pytest.raises(
+        ConfigurationError, match=rf"^CAMPAIGN_SMTP_POOL_SLOTS must be a positive number of slots, got '{value}'\.$"
+    ):
+        pool_slots_setting()

@@ -133,7 +133,8 @@ def _scanned_files() -> list[Path]:
         text=True,
         check=True,
     ).stdout.split()
-    return sorted({ROOT / f for f in tracked if any(Path(f).match(p) for p in SCANNED)})
+    # A file deleted in the work tree but not yet committed is still listed by git: skip it.
+    return sorted({ROOT / f for f in tracked if any(Path(f).match(p) for p in SCANNED) and (ROOT / f).is_file()})
 
 
 def _resolves(dotted: str) -> bool:
