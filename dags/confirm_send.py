@@ -95,7 +95,7 @@ def confirm_send():
     def plan_chunks() -> list[dict[str, int]]:
         params, _ = _run_params()
         count = confirm.target_count(campaign_engine(), params["delivery_id"])
-        chunk_size, slots = params.get("chunk_size")()
+        chunk_size, slots = params.get("chunk_size"), confirm.pool_slots_setting()
         chunks = confirm.plan_chunks(count, chunk_size, max_map_length(), slots)
         log.info(
             "plan_chunks: %s recipients in %s chunks of up to %s (%s)",
