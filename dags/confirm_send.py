@@ -1,4 +1,5 @@
-"""confirm_send: one run per confirmed delivery — role check, validation, chunked send, KPIs."""
+"""confirm_send: one run per confirmed delivery — role check, validation, the operator's OK,
+chunked send, KPIs."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import time
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from campaign import confirm, operators, stats
-from campaign.airflow_glue import campaign_engine, campaign_smtp, max_map_length, says_why
+from campaign import approval, confirm, operators, stats
+from campaign.airflow_glue import SendApproval, campaign_engine, campaign_smtp, max_map_length, says_why
 from campaign.sending import send_chunk as send_chunk_of_delivery
 from dag_defaults import DEFAULT_ARGS
 
@@ -34,12 +35,6 @@ def _run_params() -> tuple[dict, str]:
             title="Delivery",
             description="Id of the prepared and approved delivery to send (status ready).",
         ),
-        "confirm": Param(
-            False,
-            type="boolean",
-            title="OK, send definitively",
-            description="Tick to confirm: the delivery is sent to its whole target and cannot be recalled.",
-        ),
         "chunk_size": Param(
             None,
             type=["null", "integer"],
@@ -51,24 +46,35 @@ def _run_params() -> tuple[dict, str]:
                 "would be too long."
             ),
         ),
+        "confirm_timeout": Param(
+            approval.DEFAULT_CONFIRM_TIMEOUT_SECONDS,
+            type="integer",
+            minimum=1,
+            maximum=7 * 24 * 3600,
+            title="Time to confirm (seconds)",
+            description=(
+                "After validation the run asks you to finalise the send with 'OK, send definitively' "
+                "(Required actions). Without an answer in this time the send is cancelled: nothing is sent "
+                "and the delivery stays ready."
+            ),
+        ),
     },
 )
 def confirm_send():
     @task
     @says_why
-    def check_role() -> str:
+    def check_role() -> None:
         started = time.monotonic()
         context = get_current_context()
         operator = operators.require_start_deliveries(campaign_engine(), context["dag_run"].triggering_user_name)
         log.info("check_role: %s holds Start deliveries (%.2fs)", operator, time.monotonic() - started)
-        return operator
 
     @task
     @says_why
     def validate() -> None:
         started = time.monotonic()
         params, _ = _run_params()
-        delivery = confirm.validate_delivery(campaign_engine(), params["delivery_id"], params["confirm"])
+        delivery = confirm.validate_delivery(campaign_engine(), params["delivery_id"])
         log.info(
             "validate: delivery %s %r is ready, %s recipients, templates render (%.2fs)",
             delivery.id,
@@ -77,11 +83,16 @@ def confirm_send():
             time.monotonic() - started,
         )
 
+    # The seed's "finalize the send definitively by clicking OK": waits in awaiting_input (no worker,
+    # no pool slot). A retry after a transient error asks the operator again, which sends nothing
+    # by itself; a refused answer is permanent and fails at once (DEFAULT_ARGS' retry policy).
+    approve_send = SendApproval(task_id="approve_send")
+
     @task
     @says_why
-    def start_send(operator: str) -> None:
+    def start_send() -> None:
         params, run_id = _run_params()
-        links = confirm.start_send(campaign_engine(), params["delivery_id"], operator, run_id)
+        operator, links = confirm.start_send(campaign_engine(), params["delivery_id"], run_id)
         log.info(
             "start_send: delivery %s is sending, confirmed by %s, run %s, %s tracked links",
             params["delivery_id"],
@@ -135,13 +146,11 @@ def confirm_send():
             confirm.raise_unserved(params["delivery_id"], kpis)
         return kpis
 
-    operator = check_role()
-    started = start_send(operator)
-    # Planning only reads the prepared target: it runs beside validate and start_send, so the
-    # send waits for one task fewer. Nothing is sent before start_send has claimed the delivery.
+    started = start_send()
+    # Planning only reads the prepared target: it runs beside start_send, so the send waits for
+    # one task fewer. Nothing is sent before start_send has claimed the delivery.
     planned = plan_chunks()
-    operator >> validate() >> started
-    operator >> planned
+    check_role() >> validate() >> approve_send >> [started, planned]
     chunks = send_chunk.expand(chunk=planned)
     started >> chunks
     chunks >> aggregate_kpis()

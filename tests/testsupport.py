@@ -19,3 +19,13 @@ def add_profile(engine: Engine, email: str) -> int:
         return conn.execute(
             profiles.insert().values(email=email, blocklisted=False, created_at=utcnow())
         ).inserted_primary_key[0]
+
+
+def start_confirmed_send(engine: Engine, delivery_id: int, operator: str, run_id: str) -> tuple[str, int]:
+    """``start_send`` for a run whose approval was answered OK by ``operator``, as
+    ``campaign.approval.answer_approval`` records it (the audit row start_send requires)."""
+    from campaign import approval
+    from campaign.confirm import start_send
+
+    approval.record(engine, delivery_id, run_id, "confirmed", operator, f"Confirmed by {operator} (test).")
+    return start_send(engine, delivery_id, run_id)

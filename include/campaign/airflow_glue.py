@@ -7,11 +7,15 @@ import logging
 import smtplib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from airflow.providers.smtp.hooks.smtp import SmtpHook
+from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import BaseHook
+from airflow.sdk.bases.skipmixin import SkipMixin
 from sqlalchemy import Engine
 
+from campaign import approval, confirm
 from campaign.db import make_engine, url_from_connection_fields
 from campaign.errors import CampaignError, ConfigurationError, SmtpUnavailable
 
@@ -100,3 +104,91 @@ def max_map_length() -> int:
     from airflow.configuration import conf
 
     return conf.getint("core", "max_map_length", fallback=1024)
+
+
+def deployment_page_url(delivery_id: int) -> str:
+    """The delivery's page of the Deployment view, as Airflow's users reach it ([api] base_url)."""
+    from airflow.configuration import conf
+
+    base = (conf.get("api", "base_url", fallback="") or "").rstrip("/")
+    return f"{base}/campaign-deployment/deliveries/{delivery_id}"
+
+
+class SendApproval(HITLOperator, SkipMixin):
+    """The seed's "finalize the send definitively by clicking OK" as an Airflow human-in-the-loop
+    task (Airflow 3.3: the task waits in state ``awaiting_input``, holding no worker and no pool
+    slot; the question is under "Required actions" in the UI and at the HITL REST endpoint).
+
+    Asks the operator who triggered the run, and only them (``assigned_users``), what
+    ``campaign.approval.approval_request`` gathers. The answer is checked again by
+    ``campaign.approval.answer_approval`` against the responder Airflow recorded. OK: the
+    downstream tasks run. Cancel or no answer within the run's ``confirm_timeout``: one log line,
+    every downstream task skipped (nothing sent), the delivery stays ready. A refused answer fails
+    the task without retry (``SendRefused`` is permanent).
+    """
+
+    inherits_from_skipmixin = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            subject="Confirm send",  # replaced at run time by the delivery's headline
+            options=list(approval.OPTIONS),
+            defaults=[approval.CANCEL],  # what Airflow answers itself when the time is up
+            multiple=False,
+            **kwargs,
+        )
+
+    def execute(self, context: Any) -> Any:
+        params, run = context["params"], context["dag_run"]
+        operator = run.triggering_user_name
+        timeout = approval.confirm_timeout(params.get("confirm_timeout", approval.DEFAULT_CONFIRM_TIMEOUT_SECONDS))
+        engine = campaign_engine()
+        chunks = confirm.plan_chunks(
+            confirm.target_count(engine, params["delivery_id"]),
+            params.get("chunk_size"),
+            max_map_length(),
+            confirm.pool_slots_setting(),
+        )
+        request = approval.approval_request(
+            engine, params["delivery_id"], chunks, deployment_page_url(params["delivery_id"])
+        )
+        self.subject = request.headline()
+        self.body = request.body(operator or "nobody", timeout)
+        # The run records its user's name only; under SimpleAuthManager that is also the id Airflow
+        # matches responders on, under FAB campaign_auth_manager matches the name.
+        self.assigned_users = [{"id": operator, "name": operator}] if operator else [{"id": "", "name": "nobody"}]
+        self.response_timeout = timeout
+        approval.record(engine, request.delivery_id, run.run_id, "approval_asked", operator, request.audit_detail())
+        log.info(
+            "approve_send: %s Waiting up to %s for %s to answer.",
+            request.headline(),
+            approval.duration_text(timeout.total_seconds()),
+            operator,
+        )
+        return super().execute(context)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        params, run = context["params"], context["dag_run"]
+        result = super().execute_complete(context, event)
+        responder = (result.get("responded_by_user") or {}).get("name")
+        try:
+            answer = approval.answer_approval(
+                campaign_engine(),
+                params["delivery_id"],
+                run.run_id,
+                run.triggering_user_name,
+                list(result["chosen_options"]),
+                responder,
+                event.get("responded_at"),
+                bool(event.get("timedout")),
+                approval.confirm_timeout(params.get("confirm_timeout", approval.DEFAULT_CONFIRM_TIMEOUT_SECONDS)),
+            )
+        except CampaignError as exc:
+            log.error("approve_send: %s", exc)
+            raise
+        log.info("approve_send: %s", answer.line)
+        if not answer.send:
+            # Everything after the approval, aggregate_kpis (all_done) included: nothing was started.
+            downstream = [t for t in context["task"].get_flat_relatives(upstream=False) if not t.is_teardown]
+            self.skip(ti=context["ti"], tasks=downstream)
+        return {"chosen_options": list(result["chosen_options"]), "responded_by": responder, "send": answer.send}

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from campaign.clock import utcnow
 from campaign.db import sql
@@ -35,12 +35,11 @@ POOL_SLOTS_ENV = "CAMPAIGN_SMTP_POOL_SLOTS"
 DEFAULT_POOL_SLOTS = 4
 
 
-def validate_delivery(engine: Engine, delivery_id: Any, confirm: Any) -> Delivery:
-    """Refuse anything that must not be sent, with a message an operator can act on."""
-    if confirm is not True:
-        raise InvalidInput(
-            "The send was not confirmed: tick 'OK, send definitively' (confirm = true) in the trigger form."
-        )
+def validate_delivery(engine: Engine, delivery_id: Any) -> Delivery:
+    """Refuse anything that must not be sent, with a message an operator can act on: an unknown
+    delivery, one not ``ready``, an empty target, a template that does not render for the first
+    recipient. Raises ``InvalidInput``, ``DeliveryNotFound``, ``DeliveryStateError`` or
+    ``TemplateProblem`` (all permanent)."""
     if not isinstance(delivery_id, int) or isinstance(delivery_id, bool) or delivery_id < 1:
         raise InvalidInput(f"delivery_id must be a positive integer, got {delivery_id!r}.")
     delivery = load_delivery(engine, delivery_id)
@@ -56,41 +55,61 @@ def validate_delivery(engine: Engine, delivery_id: Any, confirm: Any) -> Deliver
             f"not ready; {hint}."
         )
     with engine.begin() as conn:
-        sample = (
-            conn.execute(
-                select(
-                    delivery_targets.c.seq,
-                    delivery_targets.c.profile_id,
-                    delivery_targets.c.email,
-                    profiles.c.first_name,
-                    profiles.c.last_name,
-                    profiles.c.locale,
-                    profiles.c.mobile,
-                )
-                .join(profiles, profiles.c.id == delivery_targets.c.profile_id)
-                .where(delivery_targets.c.delivery_id == delivery_id)
-                .order_by(delivery_targets.c.seq)
-                .limit(1)
-            )
-            .mappings()
-            .first()
-        )
+        sample = first_target(conn, delivery_id)
     if sample is None:
         raise DeliveryStateError(
             f"Delivery {delivery_id} ({delivery.label!r}) has an empty target: no eligible recipient. "
             "Import profiles and prepare it again."
         )
     content = delivery.content
-    render(compile_templates(content), recipient_context(dict(sample), content), delivery_id)
+    render(compile_templates(content), recipient_context(sample, content), delivery_id)
     return delivery
 
 
-def start_send(engine: Engine, delivery_id: int, operator: str, run_id: str) -> int:
+def first_target(conn: Connection, delivery_id: int) -> dict[str, Any] | None:
+    """The first recipient of the prepared target with the profile fields templates may use, or
+    None for an empty target."""
+    row = (
+        conn.execute(
+            select(
+                delivery_targets.c.seq,
+                delivery_targets.c.profile_id,
+                delivery_targets.c.email,
+                profiles.c.first_name,
+                profiles.c.last_name,
+                profiles.c.locale,
+                profiles.c.mobile,
+            )
+            .join(profiles, profiles.c.id == delivery_targets.c.profile_id)
+            .where(delivery_targets.c.delivery_id == delivery_id)
+            .order_by(delivery_targets.c.seq)
+            .limit(1)
+        )
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
+def start_send(engine: Engine, delivery_id: int, run_id: str) -> tuple[str, int]:
     """Atomically move the delivery from ready to sending for this run, or name the run that owns it.
 
-    Registers the delivery's tracked links; returns how many.
+    Only for a run whose approval recorded "OK, send definitively" (``campaign.approval``): a run
+    without one (its approval task marked success by hand, say) is refused with ``SendRefused``
+    and sends nothing. Registers the delivery's tracked links. Returns (the operator who
+    confirmed, how many tracked links). Raises ``SendConflict`` naming the run that won.
     """
     with engine.begin() as conn:
+        confirmation = conn.execute(
+            sql("select_run_confirmation"), {"delivery_id": delivery_id, "run_id": run_id}
+        ).first()
+        if confirmation is None:
+            raise SendRefused(
+                f"No 'OK, send definitively' is recorded for delivery {delivery_id} in run {run_id!r}: the "
+                "approval task was not answered by the operator (was it marked success by hand?). "
+                "This run sends nothing."
+            )
+        operator = confirmation.actor
         claimed = conn.execute(
             sql("claim_delivery_for_send"),
             {"delivery_id": delivery_id, "operator": operator, "now": utcnow(), "run_id": run_id},
@@ -98,7 +117,8 @@ def start_send(engine: Engine, delivery_id: int, operator: str, run_id: str) -> 
         delivery = get_delivery(conn, delivery_id)
     # A re-run of this task inside the run that already owns the send carries on.
     if claimed == 1 or (delivery.run_id == run_id and delivery.status in ("sending", "failed")):
-        return register_links(engine, delivery_id, delivery.html_template) if delivery.tracking else 0
+        links = register_links(engine, delivery_id, delivery.html_template) if delivery.tracking else 0
+        return operator, links
     raise SendConflict(
         f"Delivery {delivery_id} was claimed by another run: {delivery.run_id!r} "
         f"(status {delivery.status}, confirmed by {delivery.confirmed_by}). This run sends nothing."

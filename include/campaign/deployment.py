@@ -5,28 +5,17 @@ Plain dictionaries, JSON-ready: the HTML pages and the JSON API show the same nu
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
 
-from campaign.clock import utcnow
+from campaign.clock import as_datetime, utcnow
 from campaign.db import sql
 from campaign.errors import DeliveryNotFound
 from campaign.profiles import profile_history
 
 TIME_FIELDS = ("confirmed_at", "finished_at", "computed_at", "rates_updated_at")
-
-
-def as_datetime(value: Any) -> datetime | None:
-    """Timestamps come back as datetimes from PostgreSQL and as ISO text from SQLite."""
-    if value is None or isinstance(value, datetime):
-        moment = value
-    else:
-        moment = datetime.fromisoformat(str(value))
-    if moment is not None and moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment
 
 
 def _delivery(row: dict[str, Any], now: datetime) -> dict[str, Any]:

@@ -39,6 +39,9 @@ DELIVERY_STATUSES = ("draft", "ready", "sending", "sent", "failed")
 LOG_STATUSES = ("sent", "bounced", "failed", "ignored")
 FAILURE_TYPES = ("hard", "soft")
 EVENT_TYPES = ("open", "click", "unsubscribe")
+# What the delivery_audit trail records (campaign.approval): the approval asked of the operator
+# and its outcome.
+AUDIT_ACTIONS = ("approval_asked", "confirmed", "cancelled", "timed_out", "answer_refused")
 
 # Auto-increment keys: BIGINT on PostgreSQL, INTEGER PRIMARY KEY (the rowid) on SQLite.
 Id = BigInteger().with_variant(Integer, "sqlite")
@@ -224,6 +227,22 @@ tracking_watermarks = Table(
     Column("last_event_id", BigInteger, nullable=False, server_default="0"),
     Column("updated_at", DateTime(timezone=True)),
     comment="how far tracking_rates_hourly has folded tracking_logs; its row is also the lock of the fold",
+)
+
+delivery_audit = Table(
+    "delivery_audit",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("delivery_id", Id, ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
+    Column("run_id", String(250), comment="the confirm_send DAG run the action belongs to"),
+    Column("action", String(32), nullable=False),
+    Column("actor", String(150), comment="Airflow user name; NULL when no person acted (a timeout)"),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("detail", Text, nullable=False, comment="one sentence: what was asked or answered, and why"),
+    CheckConstraint(_in("action", AUDIT_ACTIONS), name="delivery_audit_action_known"),
+    Index("delivery_audit_delivery_at", "delivery_id", "at"),
+    Index("delivery_audit_run", "run_id"),
+    comment="who did what to a delivery's send, and when: one row per action, never updated",
 )
 
 delivery_kpis = Table(

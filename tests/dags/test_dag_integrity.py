@@ -40,28 +40,40 @@ def test_confirm_send_shape(dagbag: DagBag) -> None:
     assert dag.schedule is None
     edges = {
         ("check_role", "validate"),
-        ("validate", "start_send"),
-        ("check_role", "start_send"),  # start_send records the operator check_role returned
-        ("check_role", "plan_chunks"),  # planning only reads: beside validate and start_send
+        ("validate", "approve_send"),
+        ("approve_send", "start_send"),
+        ("approve_send", "plan_chunks"),  # planning only reads: beside start_send
         ("start_send", "send_chunk"),
         ("plan_chunks", "send_chunk"),
         ("send_chunk", "aggregate_kpis"),
     }
     assert set(dag.task_ids) == {task for edge in edges for task in edge}
     assert {(up, task.task_id) for task in dag.tasks for up in task.upstream_task_ids} == edges
-    # Nothing is sent unless the role, the delivery and the claim of the send all passed first.
+    # Nothing is sent unless the role, the delivery, the operator's OK and the claim all passed first.
     before_sending = dag.get_task("send_chunk").get_flat_relative_ids(upstream=True)
-    assert {"check_role", "validate", "start_send", "plan_chunks"} <= before_sending
+    assert {"check_role", "validate", "approve_send", "start_send", "plan_chunks"} <= before_sending
     assert dag.get_task("send_chunk").pool == "campaign_smtp"
     assert dag.get_task("aggregate_kpis").trigger_rule == "all_done"
 
 
+def test_the_approval_asks_ok_or_cancel_and_cancels_when_the_time_is_up(dagbag: DagBag) -> None:
+    from airflow.providers.standard.operators.hitl import HITLOperator
+
+    task = dagbag.get_dag("confirm_send").get_task("approve_send")
+    assert isinstance(task, HITLOperator)
+    assert task.options == ["OK, send definitively", "Cancel"]
+    assert task.defaults == ["Cancel"] and task.multiple is False
+    assert task.pool != "campaign_smtp", "waiting for the operator must not hold an SMTP slot"
+
+
 def test_confirm_send_form(dagbag: DagBag) -> None:
     params = dagbag.get_dag("confirm_send").params
-    schema = {name: params.get_param(name).schema for name in ("delivery_id", "confirm", "chunk_size")}
+    assert "confirm" not in params, "the OK is asked inside the run, after validation, not ticked in the form"
+    names = ("delivery_id", "chunk_size", "confirm_timeout")
+    schema = {name: params.get_param(name).schema for name in names}
     assert schema["delivery_id"]["type"] == "integer"
-    assert schema["confirm"]["type"] == "boolean"
-    assert params["confirm"] is False, "confirm must start unticked"
+    assert schema["confirm_timeout"]["type"] == "integer" and schema["confirm_timeout"]["minimum"] == 1
+    assert params["confirm_timeout"] == 3600, "one hour to answer by default"
     assert all(s.get("title") for s in schema.values())
     assert all(params.get_param(name).description for name in schema)
 

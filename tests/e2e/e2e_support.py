@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import mailbox
 import os
+import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import select, text, update
 
-from campaign import deliveries, operators
+from campaign import approval, deliveries, operators
 from campaign.clock import utcnow
 from campaign.dev.airflow_harness import AirflowClient
 from campaign.schema import ROLE_START_DELIVERIES, profiles
@@ -187,3 +189,64 @@ def fresh_delivery(engine, **kwargs):
     with engine.begin() as conn:
         conn.execute(text("UPDATE profiles SET blocklisted = TRUE"))
     return seed_delivery(engine, operator="alice", **kwargs)
+
+
+class Responses(list):
+    """What ``run_with_answer`` answered: (user, option, error or None) per approval seen."""
+
+
+def _answer_waiting_approvals(stop: threading.Event, option: str, user: str, responses: Responses) -> None:
+    """Answer every approval waiting in the metadata database through the function of Airflow's
+    REST route (PATCH …/hitlDetails), as ``user`` of the SimpleAuthManager: the same checks as a
+    real request (assigned users, valid options), without an API server (dag.test has none)."""
+    from airflow.api_fastapi.app import create_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from airflow.api_fastapi.core_api.datamodels.hitl import UpdateHITLDetailPayload
+    from airflow.api_fastapi.core_api.routes.public.hitl import update_hitl_detail
+    from airflow.models.hitl import HITLDetail
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from fastapi import HTTPException
+
+    create_auth_manager()
+    seen: set = set()
+    while not stop.is_set():
+        with create_session() as session:
+            waiting = session.execute(
+                select(TaskInstance.id, TaskInstance.dag_id, TaskInstance.run_id, TaskInstance.task_id)
+                .join(HITLDetail, HITLDetail.ti_id == TaskInstance.id)
+                .where(HITLDetail.responded_at.is_(None), TaskInstance.state == "awaiting_input")
+            ).all()
+        for ti_id, dag_id, run_id, task_id in waiting:
+            if ti_id in seen:
+                continue
+            seen.add(ti_id)
+            try:
+                with create_session() as session:
+                    update_hitl_detail(
+                        dag_id=dag_id,
+                        dag_run_id=run_id,
+                        task_id=task_id,
+                        update_hitl_detail_payload=UpdateHITLDetailPayload(chosen_options=[option], params_input={}),
+                        user=SimpleAuthManagerUser(username=user, role="admin"),
+                        session=session,
+                        map_index=-1,
+                    )
+                responses.append((user, option, None))
+            except HTTPException as exc:
+                responses.append((user, option, f"{exc.status_code} {exc.detail}"))
+        time.sleep(0.2)
+
+
+def run_with_answer(dag, conf: dict, option: str = approval.OK, user: str = "dag_test", **kwargs):
+    """``dag.test()`` of confirm_send in which ``user`` answers the approval with ``option``
+    (dag.test() runs as 'dag_test', so by default the operator who started the run says OK).
+    Returns (the DAG run, the responses given)."""
+    stop, responses = threading.Event(), Responses()
+    answerer = threading.Thread(target=_answer_waiting_approvals, args=(stop, option, user, responses), daemon=True)
+    answerer.start()
+    try:
+        return dag.test(run_conf=conf, **kwargs), responses
+    finally:
+        stop.set()
+        answerer.join(10)

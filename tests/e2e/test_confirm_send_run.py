@@ -11,11 +11,13 @@ from e2e_support import (
     mails_per_recipient,
     quarantined,
     received,
+    run_with_answer,
     seed_delivery,
     task_states,
 )
 from sqlalchemy import text
 
+from campaign import approval
 from campaign.rendering import message_id
 from campaign.sending import DEFAULT_SOFT_RETRY_DELAYS
 
@@ -24,7 +26,7 @@ def test_sends_every_target_once_and_kpis_match_the_server(campaign_db, smtp_sin
     engine = campaign_db.engine
     audience = seed_delivery(engine, good=37, hard=2, soft=1, malformed=1, blocklisted_after_prepare=1)
 
-    run = confirm_send_dag.test(run_conf={"delivery_id": audience.delivery_id, "confirm": True, "chunk_size": 10})
+    run = run_with_answer(confirm_send_dag, {"delivery_id": audience.delivery_id, "chunk_size": 10})[0]
 
     assert run.state == "success"
     states = task_states(run)
@@ -87,13 +89,46 @@ def test_sends_every_target_once_and_kpis_match_the_server(campaign_db, smtp_sin
     assert delivery["run_id"] == run.run_id
 
 
+def test_cancel_sends_nothing_and_the_delivery_can_be_confirmed_again(campaign_db, smtp_sink, confirm_send_dag, caplog):
+    engine = campaign_db.engine
+    audience = seed_delivery(engine, good=4)
+
+    cancelled, answers = run_with_answer(confirm_send_dag, {"delivery_id": audience.delivery_id}, approval.CANCEL)
+
+    assert answers == [("dag_test", "Cancel", None)]
+    states = task_states(cancelled)
+    assert states["approve_send"] == ["success"], "an answer is not a failure"
+    assert {task: states[task] for task in ("start_send", "plan_chunks", "send_chunk", "aggregate_kpis")} == {
+        "start_send": ["skipped"],
+        "plan_chunks": ["skipped"],
+        "send_chunk": ["skipped"],
+        "aggregate_kpis": ["skipped"],
+    }
+    assert cancelled.state == "success"
+    assert received(smtp_sink.maildir) == [] and broad_logs(engine, audience.delivery_id) == {}
+    assert delivery_row(engine, audience.delivery_id)["status"] == "ready"
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("approve_send: Cancelled by")]
+    assert len(lines) == 1 and lines[0].endswith(
+        f"Nothing was sent; delivery {audience.delivery_id} stays ready and can be confirmed again."
+    )
+    assert "Traceback" not in caplog.text
+    trail = [(row["action"], row["actor"]) for row in approval.audit_trail(engine, audience.delivery_id)]
+    assert trail == [("approval_asked", "dag_test"), ("cancelled", "dag_test")]
+
+    confirmed, _ = run_with_answer(confirm_send_dag, {"delivery_id": audience.delivery_id})
+
+    assert confirmed.state == "success"
+    assert mails_per_recipient(smtp_sink.maildir) == {address: 1 for address in audience.good}
+    assert delivery_row(engine, audience.delivery_id)["confirmed_by"] == "dag_test"
+
+
 def test_second_trigger_for_a_sent_delivery_is_refused(campaign_db, smtp_sink, confirm_send_dag, caplog):
     engine = campaign_db.engine
     audience = seed_delivery(engine, good=5)
-    first = confirm_send_dag.test(run_conf={"delivery_id": audience.delivery_id, "confirm": True})
+    first = run_with_answer(confirm_send_dag, {"delivery_id": audience.delivery_id})[0]
     assert first.state == "success"
 
-    second = confirm_send_dag.test(run_conf={"delivery_id": audience.delivery_id, "confirm": True})
+    second = run_with_answer(confirm_send_dag, {"delivery_id": audience.delivery_id})[0]
 
     assert second.state == "failed"
     states = task_states(second)
@@ -106,9 +141,8 @@ def test_second_trigger_for_a_sent_delivery_is_refused(campaign_db, smtp_sink, c
 
 
 BAD_INPUTS = {
-    "unknown delivery": ({"delivery_id": 999_999, "confirm": True}, "Delivery 999999 does not exist"),
+    "unknown delivery": ({"delivery_id": 999_999}, "Delivery 999999 does not exist"),
     "not approved": (None, "its status is draft, not ready"),
-    "confirm false": (None, "The send was not confirmed"),
     "undefined variable": (None, "uses an undefined variable: 'dict object' has no attribute 'nickname'"),
     "empty target": (None, "has an empty target"),
 }
@@ -128,15 +162,16 @@ def test_bad_input_is_refused_with_a_message_and_nothing_is_sent(
         audience = seed_delivery(engine, good=3, spec={**SPEC, "text": "Hi {{ profile.nickname }}"})
     else:
         audience = seed_delivery(engine, good=3)
-    conf = conf or {"delivery_id": audience.delivery_id, "confirm": case != "confirm false"}
+    conf = conf or {"delivery_id": audience.delivery_id}
     status_before = delivery_row(engine, audience.delivery_id)["status"]
 
-    run = confirm_send_dag.test(run_conf=conf)
+    run, answers = run_with_answer(confirm_send_dag, conf)
 
     assert run.state == "failed"
     states = task_states(run)
     assert states["validate"] == ["failed"]
     assert states["validate#tries"] == ["1"], "a permanent refusal must not be retried"
+    assert states["approve_send"] == ["upstream_failed"] and answers == [], "refused before the approval is shown"
     assert states["aggregate_kpis"] == ["failed"], "the run must show red"
     assert message in caplog.text
     assert received(smtp_sink.maildir) == []
@@ -149,7 +184,7 @@ def test_smtp_server_down_retries_the_chunk_and_marks_nobody(campaign_db, smtp_s
     audience = seed_delivery(engine, good=6)
     smtp_sink.stop()
 
-    run = confirm_send_dag.test(run_conf={"delivery_id": audience.delivery_id, "confirm": True})
+    run = run_with_answer(confirm_send_dag, {"delivery_id": audience.delivery_id})[0]
 
     assert run.state == "failed"
     states = task_states(run)
@@ -180,7 +215,7 @@ def test_connection_lost_mid_chunk_resumes_without_duplicates(campaign_db, smtp_
 
     handler.handle_RCPT = drop_once_after_seven
 
-    run = confirm_send_dag.test(run_conf={"delivery_id": audience.delivery_id, "confirm": True})
+    run = run_with_answer(confirm_send_dag, {"delivery_id": audience.delivery_id})[0]
 
     assert dropped, "the server never dropped the connection"
     assert run.state == "success"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import insert, select, update
+from testsupport import start_confirmed_send
 
+from campaign import approval
 from campaign.clock import utcnow
 from campaign.confirm import (
     CHUNKS_PER_SLOT,
@@ -24,6 +26,7 @@ from campaign.errors import (
     DeliveryStateError,
     InvalidInput,
     SendConflict,
+    SendRefused,
     TemplateProblem,
 )
 from campaign.schema import broad_logs, deliveries, delivery_kpis, delivery_targets, tracking_logs
@@ -154,29 +157,17 @@ def test_plan_chunks_refuses_a_zero_chunk_size() -> None:
 # ---------------------------------------------------------------- validate_delivery
 
 
-@pytest.mark.parametrize("confirm", [False, None, "true", 1, "yes"])
-def test_validate_refuses_an_unconfirmed_send(sqlite_db, ready_delivery, confirm) -> None:
-    delivery_id = ready_delivery(sqlite_db.engine)
-
-    with pytest.raises(InvalidInput) as excinfo:
-        validate_delivery(sqlite_db.engine, delivery_id, confirm)
-
-    assert str(excinfo.value) == (
-        "The send was not confirmed: tick 'OK, send definitively' (confirm = true) in the trigger form."
-    )
-
-
 @pytest.mark.parametrize("delivery_id", [0, -3, "1", 1.0, True, None])
 def test_validate_refuses_a_malformed_delivery_id(sqlite_db, delivery_id) -> None:
     with pytest.raises(InvalidInput) as excinfo:
-        validate_delivery(sqlite_db.engine, delivery_id, True)
+        validate_delivery(sqlite_db.engine, delivery_id)
 
     assert str(excinfo.value) == f"delivery_id must be a positive integer, got {delivery_id!r}."
 
 
 def test_validate_refuses_an_unknown_delivery(campaign_db) -> None:
     with pytest.raises(DeliveryNotFound, match=r"^Delivery 4242 does not exist\.$"):
-        validate_delivery(campaign_db.engine, 4242, True)
+        validate_delivery(campaign_db.engine, 4242)
 
 
 def test_validate_refuses_a_draft(campaign_db, add_profiles, new_delivery) -> None:
@@ -185,7 +176,7 @@ def test_validate_refuses_a_draft(campaign_db, add_profiles, new_delivery) -> No
     prepare_delivery(campaign_db.engine, delivery_id, "carol")  # prepared but not approved
 
     with pytest.raises(DeliveryStateError) as excinfo:
-        validate_delivery(campaign_db.engine, delivery_id, True)
+        validate_delivery(campaign_db.engine, delivery_id)
 
     assert str(excinfo.value) == (
         f"Delivery {delivery_id} ('Spring sale') cannot be sent: its status is draft, not ready; "
@@ -195,10 +186,10 @@ def test_validate_refuses_a_draft(campaign_db, add_profiles, new_delivery) -> No
 
 def test_validate_refuses_a_delivery_already_being_sent(campaign_db, ready_delivery) -> None:
     delivery_id = ready_delivery(campaign_db.engine)
-    start_send(campaign_db.engine, delivery_id, "alice", "run-A")
+    start_confirmed_send(campaign_db.engine, delivery_id, "alice", "run-A")
 
     with pytest.raises(DeliveryStateError) as excinfo:
-        validate_delivery(campaign_db.engine, delivery_id, True)
+        validate_delivery(campaign_db.engine, delivery_id)
 
     assert "its status is sending, not ready; it is being sent by run 'run-A'." in str(excinfo.value)
 
@@ -207,7 +198,7 @@ def test_validate_refuses_an_empty_target(campaign_db, ready_delivery) -> None:
     delivery_id = ready_delivery(campaign_db.engine, recipients=0)
 
     with pytest.raises(DeliveryStateError) as excinfo:
-        validate_delivery(campaign_db.engine, delivery_id, True)
+        validate_delivery(campaign_db.engine, delivery_id)
 
     assert str(excinfo.value) == (
         f"Delivery {delivery_id} ('Spring sale') has an empty target: no eligible recipient. "
@@ -219,7 +210,7 @@ def test_validate_refuses_an_undefined_template_variable(campaign_db, ready_deli
     delivery_id = ready_delivery(campaign_db.engine, html="<p>{{ profile.nickname }}</p>")
 
     with pytest.raises(TemplateProblem) as excinfo:
-        validate_delivery(campaign_db.engine, delivery_id, True)
+        validate_delivery(campaign_db.engine, delivery_id)
 
     message = str(excinfo.value)
     assert f"The html template of delivery {delivery_id} uses an undefined variable" in message
@@ -229,7 +220,7 @@ def test_validate_refuses_an_undefined_template_variable(campaign_db, ready_deli
 def test_validate_accepts_a_ready_delivery(campaign_db, ready_delivery) -> None:
     delivery_id = ready_delivery(campaign_db.engine)
 
-    delivery = validate_delivery(campaign_db.engine, delivery_id, True)
+    delivery = validate_delivery(campaign_db.engine, delivery_id)
 
     assert (delivery.id, delivery.status, delivery.label, delivery.target_count) == (
         delivery_id,
@@ -246,12 +237,12 @@ def test_start_send_claims_once_and_names_the_winner(campaign_db, ready_delivery
     engine = campaign_db.engine
     delivery_id = ready_delivery(engine)
 
-    start_send(engine, delivery_id, "alice", "run-A")
+    start_confirmed_send(engine, delivery_id, "alice", "run-A")
     claimed = load_delivery(engine, delivery_id)
     assert (claimed.status, claimed.run_id, claimed.confirmed_by) == ("sending", "run-A", "alice")
 
     with pytest.raises(SendConflict) as excinfo:
-        start_send(engine, delivery_id, "dave", "run-B")
+        start_confirmed_send(engine, delivery_id, "dave", "run-B")
     assert str(excinfo.value) == (
         f"Delivery {delivery_id} was claimed by another run: 'run-A' (status sending, confirmed by alice). "
         "This run sends nothing."
@@ -259,32 +250,60 @@ def test_start_send_claims_once_and_names_the_winner(campaign_db, ready_delivery
     after = load_delivery(engine, delivery_id)
     assert (after.status, after.run_id, after.confirmed_by) == ("sending", "run-A", "alice")
 
-    start_send(engine, delivery_id, "alice", "run-A")  # a retry inside the owning run goes on
+    start_confirmed_send(engine, delivery_id, "alice", "run-A")  # a retry inside the owning run goes on
     assert load_delivery(engine, delivery_id).run_id == "run-A"
+
+
+def test_start_send_refuses_a_run_without_a_recorded_ok(campaign_db, ready_delivery) -> None:
+    """An approval task marked "success" by hand in Airflow has recorded no answer: nothing starts."""
+    engine = campaign_db.engine
+    delivery_id = ready_delivery(engine)
+
+    with pytest.raises(SendRefused) as excinfo:
+        start_send(engine, delivery_id, "run-A")
+
+    assert str(excinfo.value) == (
+        f"No 'OK, send definitively' is recorded for delivery {delivery_id} in run 'run-A': the approval task "
+        "was not answered by the operator (was it marked success by hand?). This run sends nothing."
+    )
+    assert load_delivery(engine, delivery_id).status == "ready"
+
+
+def test_start_send_records_the_operator_who_answered_ok(campaign_db, ready_delivery) -> None:
+    engine = campaign_db.engine
+    delivery_id = ready_delivery(engine)
+    approval.record(engine, delivery_id, "run-B", "confirmed", "bob", "an OK in another run")
+    approval.record(engine, delivery_id, "run-A", "cancelled", "alice", "a Cancel in this run")
+    with pytest.raises(SendRefused):
+        start_send(engine, delivery_id, "run-A")
+    approval.record(engine, delivery_id, "run-A", "confirmed", "alice", "the OK of this run")
+
+    assert start_send(engine, delivery_id, "run-A") == ("alice", 0)
+    assert load_delivery(engine, delivery_id).confirmed_by == "alice"
 
 
 def test_start_send_lets_the_owning_run_resume_a_failed_send(campaign_db, ready_delivery) -> None:
     engine = campaign_db.engine
     delivery_id = ready_delivery(engine)
-    start_send(engine, delivery_id, "alice", "run-A")
+    start_confirmed_send(engine, delivery_id, "alice", "run-A")
     with engine.begin() as conn:
         conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(status="failed"))
 
-    start_send(engine, delivery_id, "alice", "run-A")
+    start_confirmed_send(engine, delivery_id, "alice", "run-A")
 
     with pytest.raises(SendConflict, match="claimed by another run: 'run-A' \\(status failed"):
-        start_send(engine, delivery_id, "alice", "run-B")
+        start_confirmed_send(engine, delivery_id, "alice", "run-B")
 
 
 def test_start_send_refuses_the_owning_run_once_sent(campaign_db, ready_delivery) -> None:
     engine = campaign_db.engine
     delivery_id = ready_delivery(engine)
-    start_send(engine, delivery_id, "alice", "run-A")
+    start_confirmed_send(engine, delivery_id, "alice", "run-A")
     with engine.begin() as conn:
         conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(status="sent"))
 
     with pytest.raises(SendConflict, match="'run-A' \\(status sent"):
-        start_send(engine, delivery_id, "alice", "run-A")
+        start_confirmed_send(engine, delivery_id, "alice", "run-A")
 
 
 # ---------------------------------------------------------------- KPIs

@@ -10,9 +10,9 @@ from email import message_from_bytes, policy
 import idna
 import pytest
 from sqlalchemy import text
+from testsupport import start_confirmed_send
 
 from campaign import deliveries
-from campaign.confirm import start_send
 from campaign.dev.smtp import Rule, Stage, connection_factory, running_server
 from campaign.errors import ConfigurationError, SmtpUnavailable
 from campaign.sending import messages_per_connection_setting, reconnect_delays_setting, send_chunk
@@ -23,7 +23,7 @@ def _sending_delivery(engine, add_profiles, new_delivery, addresses: list[str], 
     delivery_id = new_delivery(engine, **spec)
     deliveries.prepare_delivery(engine, delivery_id, prepared_by="alice")
     deliveries.approve_delivery(engine, delivery_id, approved_by="alice")
-    start_send(engine, delivery_id, "alice", "run-1")
+    start_confirmed_send(engine, delivery_id, "alice", "run-1")
     return delivery_id
 
 

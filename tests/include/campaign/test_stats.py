@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select, update
+from testsupport import start_confirmed_send
 
 from campaign import deliveries as delivery_steps
 from campaign.clock import utcnow
-from campaign.confirm import start_send
 from campaign.db import sql
 from campaign.schema import (
     deliveries,
@@ -600,7 +600,7 @@ def test_deliveries_to_recompute_by_days(campaign_db) -> None:
     _add_profiles(engine, 1)
     now = utcnow()
     sending = _new_delivery(engine)
-    start_send(engine, sending, "alice", "run-A")  # confirmed just now, status sending
+    start_confirmed_send(engine, sending, "alice", "run-A")  # confirmed just now, status sending
     sent_yesterday = _new_delivery(engine, "sent", now - timedelta(days=1))
     failed_3_days_ago = _new_delivery(engine, "failed", now - timedelta(days=3))
     sent_10_days_ago = _new_delivery(engine, "sent", now - timedelta(days=10))
