@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from e2e_support import DAGS_FOLDER, PASSWORDS, LiveAirflow
+from e2e_support import DAGS_FOLDER, PASSWORDS, ROLES, LiveAirflow
 from testsupport import free_port
 
 from campaign.db import make_engine
@@ -48,7 +48,7 @@ def live_airflow(airflow_db) -> LiveAirflow:
     controller, handler = start_server(maildir, port=smtp_port)
     try:
         with standalone(
-            folder, database, smtp_port, PASSWORDS, "alice:admin,bob:user",
+            folder, database, smtp_port, PASSWORDS, ROLES,
             extra_env={"CAMPAIGN_RETRY_DELAY_SECONDS": "1", "CAMPAIGN_SMTP_RECONNECT_DELAYS": "0.1,0.2"},
         ) as (base_url, log_path):  # fmt: skip
             yield LiveAirflow(base_url, engine, handler, maildir, log_path)

@@ -152,7 +152,9 @@ def task_states(dag_run) -> dict[str, list[str]]:
         return states
 
 
-PASSWORDS = {"alice": "alice-pw-" + os.urandom(4).hex(), "bob": "bob-pw-" + os.urandom(4).hex()}
+# alice: an operator with Start deliveries; bob: an Airflow admin without it; carol: a viewer.
+PASSWORDS = {name: f"{name}-pw-" + os.urandom(4).hex() for name in ("alice", "bob", "carol")}
+ROLES = "alice:admin,bob:admin,carol:viewer"
 RUN_TIMEOUT = 240
 
 
@@ -172,6 +174,15 @@ class LiveAirflow(AirflowClient):
     def task_instances(self, run_id: str, user: str = "alice") -> dict[str, dict]:
         body = self.api("GET", f"/dags/confirm_send/dagRuns/{run_id}/taskInstances", user).json()
         return {f"{ti['task_id']}[{ti['map_index']}]": ti for ti in body["task_instances"]}
+
+    def confirmed_run(self, user: str, conf: dict) -> tuple[str, dict]:
+        """Trigger confirm_send as ``user``, answer its approval OK as the same user, wait for the
+        end: what an operator does in the UI, and a script through the REST API."""
+        run_id = self.trigger(user, conf)
+        self.wait_for_approval(run_id, user)
+        answered = self.answer(run_id, user, approval.OK)
+        assert answered.status_code == 200, answered.text
+        return run_id, self.wait_for_run(run_id, user)
 
     def task_log(self, run_id: str, task_id: str, try_number: int, user: str = "alice") -> str:
         response = self.api(

@@ -33,13 +33,13 @@ def sent_delivery(live_airflow):
         "html": '<html><body><a href="https://shop.test/deals">Deals</a></body></html>',
     }
     audience = fresh_delivery(live_airflow.engine, good=9, hard=2, soft=0, spec=spec)
-    run_id = live_airflow.trigger("alice", {"delivery_id": audience.delivery_id, "confirm": True})
-    assert live_airflow.wait_for_run(run_id)["state"] == "success"
+    run_id, run = live_airflow.confirmed_run("alice", {"delivery_id": audience.delivery_id})
+    assert run["state"] == "success"
     return audience, run_id
 
 
 def authed(live_airflow, path: str, **kwargs):
-    token = live_airflow.token("bob")  # any authenticated user may read the view
+    token = live_airflow.token("carol")  # any authenticated user may read the view, a viewer too
     return live_airflow.http.get(PREFIX + path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
 
 

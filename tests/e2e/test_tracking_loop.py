@@ -10,7 +10,7 @@ from collections import Counter
 import httpx
 import pytest
 import uvicorn
-from e2e_support import DAGS_FOLDER, SPEC, kpi_row, received, seed_delivery, task_states
+from e2e_support import DAGS_FOLDER, SPEC, kpi_row, received, run_with_answer, seed_delivery, task_states
 from fastapi import FastAPI
 from sqlalchemy import text
 from testsupport import free_port
@@ -69,7 +69,7 @@ def test_opens_and_clicks_reach_the_kpis(campaign_db, smtp_sink, tracking_server
     confirm_send, hourly, compute_stats = stats_dags
     engine = campaign_db.engine
     audience = seed_delivery(engine, good=24, hard=1, spec=TRACKED_SPEC)
-    assert confirm_send.test(run_conf={"delivery_id": audience.delivery_id, "confirm": True}).state == "success"
+    assert run_with_answer(confirm_send, {"delivery_id": audience.delivery_id})[0].state == "success"
 
     mails = sorted(received(smtp_sink.maildir), key=lambda m: str(m["To"]))
     assert len(mails) == 24
@@ -149,9 +149,9 @@ def test_forged_tokens_get_404_and_write_nothing(campaign_db, smtp_sink, trackin
     confirm_send, _, _ = stats_dags
     engine = campaign_db.engine
     first = seed_delivery(engine, good=2, spec=TRACKED_SPEC)
-    assert confirm_send.test(run_conf={"delivery_id": first.delivery_id, "confirm": True}).state == "success"
+    assert run_with_answer(confirm_send, {"delivery_id": first.delivery_id})[0].state == "success"
     second = seed_delivery(engine, good=2, spec={**TRACKED_SPEC, "html": '<a href="https://evil.test/">x</a>'})
-    assert confirm_send.test(run_conf={"delivery_id": second.delivery_id, "confirm": True}).state == "success"
+    assert run_with_answer(confirm_send, {"delivery_id": second.delivery_id})[0].state == "success"
     mails = received(smtp_sink.maildir)
     pixel, links = next(tracked_urls(m.as_bytes()) for m in mails if m["X-Campaign-Delivery"] == str(first.delivery_id))
     other_pixel, other_links = next(
@@ -182,7 +182,7 @@ def test_zero_delivered_gives_null_rates(campaign_db, smtp_sink, stats_dags):
     confirm_send, hourly, compute_stats = stats_dags
     engine = campaign_db.engine
     audience = seed_delivery(engine, good=0, hard=3, spec=TRACKED_SPEC)
-    assert confirm_send.test(run_conf={"delivery_id": audience.delivery_id, "confirm": True}).state == "success"
+    assert run_with_answer(confirm_send, {"delivery_id": audience.delivery_id})[0].state == "success"
     assert hourly.test().state == "success"
     run = compute_stats.test(run_conf={"delivery_id": audience.delivery_id})
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -52,6 +53,38 @@ class AirflowClient:
         if response.status_code != 200:
             raise RuntimeError(f"trigger of {dag_id} refused: {response.status_code} {response.text}")
         return response.json()["dag_run_id"]
+
+    def approval_path(self, run_id: str, dag_id: str = "confirm_send", task_id: str = "approve_send") -> str:
+        return f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}/-1/hitlDetails"
+
+    def wait_for_approval(self, run_id: str, user: str, timeout: float = 120, settle: float = 2.0) -> dict:
+        """The approval of the run once it waits for an answer (its HITL detail, as ``user`` reads it);
+        raises if the run ends first (refused by check_role or validate).
+
+        Returns ``settle`` seconds after the task is first seen ``awaiting_input``: Airflow 3.3.2's
+        scheduler loses an answer given before it has processed the worker's exit from the parked
+        task (it takes the task for killed externally, retries it and asks again), and a script can
+        otherwise answer within that second. A person never does.
+        """
+
+        def asked() -> dict | None:
+            response = self.api("GET", self.approval_path(run_id), user)
+            if response.status_code == 200 and response.json()["task_instance"]["state"] == "awaiting_input":
+                return response.json()
+            run = self.api("GET", f"/dags/confirm_send/dagRuns/{quote(run_id, safe='')}", user).json()
+            if run.get("state") in ("success", "failed"):
+                raise RuntimeError(f"run {run_id} ended ({run['state']}) without asking for approval")
+            return None
+
+        detail = wait_until(asked, timeout, 0.5, f"run {run_id} to ask for approval")
+        time.sleep(settle)
+        return detail
+
+    def answer(self, run_id: str, user: str, option: str) -> httpx.Response:
+        """Answer the approval of the run as ``user``: what a script does after the trigger."""
+        return self.api(
+            "PATCH", self.approval_path(run_id), user, json={"chosen_options": [option], "params_input": {}}
+        )
 
     def wait_for_run(self, run_id: str, user: str = "alice", dag_id: str = "confirm_send", timeout: float = 240):
         def finished():
@@ -116,6 +149,8 @@ def airflow_env(
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        # How often the scheduler ends approvals whose time is up (default 15 s).
+        "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "2",
         "AIRFLOW_CONN_CAMPAIGN_DB": json.dumps(campaign_connection),
         "AIRFLOW_CONN_CAMPAIGN_SMTP": json.dumps(
             {
