@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from campaign.approval import audit_trail
 from campaign.clock import as_datetime, utcnow
 from campaign.db import sql
 from campaign.errors import DeliveryNotFound
@@ -59,6 +60,7 @@ def delivery_detail(engine: Engine, delivery_id: int) -> dict[str, Any]:
     detail = _delivery(dict(row), utcnow())
     detail["failure_reasons"] = [dict(r) for r in reasons]
     detail["links"] = [dict(link) for link in links]
+    detail["audit"] = audit_trail(engine, delivery_id)
     return detail
 
 
