@@ -15,6 +15,7 @@ import yaml
 
 from campaign.airflow_glue import CAMPAIGN_DB_CONN_ID, CAMPAIGN_SMTP_CONN_ID
 from campaign.db import url_from_connection_fields
+from campaign.dev.airflow_harness import FAB_AUTH_MANAGER
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_SERVICES = {
@@ -113,3 +114,80 @@ def test_no_secret_is_written_in_the_compose_file():
         if re.search(r"(PASSWORD|SECRET|KEY)\w*:\s*\S", line) and "${" not in line:
             pytest.fail(f"a secret is written in docker-compose.yaml: {line.strip()}")
     assert ".env" in (ROOT / ".gitignore").read_text()
+
+
+def test_every_airflow_service_uses_the_campaign_fab_auth_manager(compose):
+    assert "apache-airflow-providers-fab==" in (ROOT / "requirements.txt").read_text()
+    for name, service in compose["services"].items():
+        if name.startswith("airflow-"):
+            variables = env(service)
+            assert variables["AIRFLOW__CORE__AUTH_MANAGER"] == FAB_AUTH_MANAGER, name
+            assert not any("SIMPLE_AUTH_MANAGER" in key for key in variables), name
+
+
+def _dotenv(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+    return {key: value for key, value in pairs}
+
+
+def _run_init(compose: dict, tmp_path: Path, **overrides: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """airflow-init's script, as compose hands it to bash, with its environment from .env.example;
+    `airflow` and `python` are stand-ins that record their arguments (no database here)."""
+    init = compose["services"]["airflow-init"]
+    assert init["entrypoint"] in ("/bin/bash", ["/bin/bash"]) and init["command"][0] == "-c"
+    script = init["command"][1].replace("$$", "$")  # compose's escape of a literal $
+    calls = tmp_path / "calls.jsonl"
+    for tool in ("airflow", "python"):
+        stand_in = tmp_path / tool
+        stand_in.write_text(
+            "#!/usr/bin/env python3\nimport json, sys\n"
+            f"open({str(calls)!r}, 'a').write(json.dumps([{tool!r}, *sys.argv[1:]]) + '\\n')\n"
+        )
+        stand_in.chmod(0o755)
+    environment = {**env(init), **overrides, "PATH": f"{tmp_path}:/usr/bin:/bin"}
+    done = subprocess.run(["/bin/bash", "-c", script], env=environment, capture_output=True, text=True, timeout=60)
+    recorded = [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+    return done, recorded
+
+
+def _options(call: list[str]) -> dict[str, str]:
+    return dict(zip(call[3::2], call[4::2], strict=True))
+
+
+def test_init_creates_the_users_of_dotenv_and_grants_start_deliveries(compose, tmp_path):
+    dotenv = _dotenv(ROOT / ".env.example")
+    done, calls = _run_init(compose, tmp_path)
+    assert done.returncode == 0, done.stderr
+    users = {
+        _options(call)["--username"]: _options(call) for call in calls if call[:3] == ["airflow", "users", "create"]
+    }
+    admin = dotenv["AIRFLOW_ADMIN_USER"]
+    operators = dict(pair.split(":") for pair in dotenv["AIRFLOW_OPERATORS"].split(","))
+    assert set(users) == {admin, *operators}
+    assert users[admin]["--role"] == "Admin" and users[admin]["--password"] == dotenv["AIRFLOW_ADMIN_PASSWORD"]
+    for login, role in operators.items():
+        assert role == "User", "the least FAB role that triggers runs and answers the approval"
+        assert users[login]["--role"] == role
+        assert users[login]["--password"] == dotenv[f"AIRFLOW_PASSWORD_{login.upper()}"]
+    campaign = [call[call.index("--db") + 2 :] for call in calls if call[:3] == ["python", "-m", "campaign.cli"]]
+    assert ["init-db"] in campaign
+    assert {call[2] for call in campaign if call[:2] == ["operator", "create"]} == set(operators)
+    granted = {call[2] for call in campaign if call[:2] == ["operator", "grant"]}
+    assert granted == set(dotenv["CAMPAIGN_START_DELIVERIES"].split(",")) == {"alice"}
+    assert all(call[3] == "start_deliveries" for call in campaign if call[:2] == ["operator", "grant"])
+
+
+def test_init_stops_when_a_user_has_no_password_in_dotenv(compose, tmp_path):
+    done, calls = _run_init(compose, tmp_path, AIRFLOW_OPERATORS="alice:User,carol:User")
+    assert done.returncode != 0
+    assert "no password for Airflow user carol in .env" in done.stderr
+    assert not any(call[:2] == ["airflow", "connections"] for call in calls), "init went on"
+
+
+def test_dotenv_example_secrets_say_change_me_and_stay_out_of_the_compose_file():
+    compose_text = (ROOT / "docker-compose.yaml").read_text()
+    for key, value in _dotenv(ROOT / ".env.example").items():
+        if re.search(r"PASSWORD|SECRET", key) and key != "CAMPAIGN_SMTP_PASSWORD":
+            assert value.startswith("change-me"), key
+            assert value not in compose_text, key
+    assert re.findall(r"--password (\S+)", compose_text) == ['"$$3"'], "passwords come from .env only"

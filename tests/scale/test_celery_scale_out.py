@@ -3,12 +3,17 @@ loopback, API server, scheduler, DAG processor and two Celery workers as separat
 local SMTP server. A large delivery is triggered through the REST API; one worker is killed with
 SIGKILL in the middle of its chunks; Airflow retries them on the other worker.
 
+Identity as in docker-compose: the FAB auth manager (our CampaignFabAuthManager). alice is a FAB
+"User" with the Start deliveries role; bob is a FAB "Admin" without it: his answer to alice's
+approval is refused (403), and the run he triggers fails in check_role.
+
 Size: CAMPAIGN_SCALE_RECIPIENTS (default 20000). `make scale-out` runs this test alone and
 prints the figures.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -41,6 +46,9 @@ RECIPIENTS = int(os.environ.get("CAMPAIGN_SCALE_RECIPIENTS", "20000"))
 CHUNK_SIZE = 1000
 WORKER_CONCURRENCY = 4
 PASSWORD = "scale-" + os.urandom(6).hex()
+BOB_PASSWORD = "scale-bob-" + os.urandom(6).hex()
+APPROVE = "approve_send"
+OK = "OK, send definitively"
 
 
 def _redis(port: int, folder: Path) -> subprocess.Popen:
@@ -60,6 +68,7 @@ def _seed(engine) -> int:
     create_schema(engine)
     operators.create_operator(engine, "alice")
     operators.grant_role(engine, "alice", ROLE_START_DELIVERIES)
+    operators.create_operator(engine, "bob")
     now = utcnow()
     with engine.begin() as conn:
         for start in range(0, RECIPIENTS, 5000):
@@ -104,7 +113,10 @@ def test_two_celery_workers_share_the_send_and_survive_a_killed_worker(postgres_
         "schema": "campaign_scale",
         "login": postgres_server.user,
     }
-    env = airflow_env(folder / "airflow", api_port, {"alice": PASSWORD}, "alice:admin", campaign_connection, smtp_port)
+    env = airflow_env(
+        folder / "airflow", api_port, {"alice": PASSWORD, "bob": BOB_PASSWORD}, "alice:User,bob:Admin",
+        campaign_connection, smtp_port, auth_manager="fab",
+    )  # fmt: skip
     env.update(
         {
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
@@ -162,14 +174,15 @@ def test_two_celery_workers_share_the_send_and_survive_a_killed_worker(postgres_
     http = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=30)
     try:
 
-        def token() -> str | None:
+        def token(user: str = "alice", password: str = PASSWORD) -> str | None:
             try:
-                response = http.post("/auth/token", json={"username": "alice", "password": PASSWORD})
+                response = http.post("/auth/token", json={"username": user, "password": password})
             except httpx.HTTPError:
                 return None
             return response.json()["access_token"] if response.status_code == 201 else None
 
         bearer = {"Authorization": f"Bearer {wait_for(token, 120, 1, 'the API server')}"}
+        bob = {"Authorization": f"Bearer {token('bob', BOB_PASSWORD)}"}
         wait_for(lambda: http.get("/api/v2/dags/confirm_send", headers=bearer).status_code == 200, 120, 2, "the DAG")
         sink.on_message = kill_worker_one_halfway
         triggered_at = time.monotonic()
@@ -184,12 +197,22 @@ def test_two_celery_workers_share_the_send_and_survive_a_killed_worker(postgres_
         assert response.status_code == 200, response.text
         run_id = response.json()["dag_run_id"]
 
+        answered: list[str] = []
+
         def finished():
             run = http.get(f"/api/v2/dags/confirm_send/dagRuns/{run_id}", headers=bearer).json()
-            return run if run["state"] in ("success", "failed") else None
+            if run["state"] in ("success", "failed"):
+                return run
+            if not answered and _awaiting_approval(http, bearer, run_id):
+                _answer_approval(http, bearer, bob, run_id)
+                answered.append(run_id)
+            return None
 
         run = wait_for(finished, 1500, 2, "the scale-out run")
         send_seconds = time.monotonic() - triggered_at
+        # A DAG with the approval task must have asked, and been answered, before sending.
+        assert answered or _approval_task(http, bearer, run_id) is None, "approve_send never awaited input"
+        refused_run = _bobs_run_fails_in_check_role(http, bob, delivery_id)
     finally:
         sink.on_message = None
         for process in processes.values():
@@ -205,6 +228,8 @@ def test_two_celery_workers_share_the_send_and_survive_a_killed_worker(postgres_
         redis.terminate()
         controller.stop()
 
+    assert refused_run["check_role"] == "failed", refused_run
+    assert refused_run.get(APPROVE) in (None, "upstream_failed"), refused_run
     assert killed == ["worker-1"], "worker-1 was never killed"
     assert run["state"] == "success", (folder / "scheduler.log").read_text()[-4000:]
 
@@ -240,6 +265,62 @@ def test_two_celery_workers_share_the_send_and_survive_a_killed_worker(postgres_
     print(
         f"\nscale-out: {RECIPIENTS} recipients, {RECIPIENTS // CHUNK_SIZE} chunks; rows per worker {per_worker}; "
         f"chunks touched per worker {chunks_per_worker}; worker-1 killed halfway; {duplicates} duplicate mails "
-        f"(bound {WORKER_CONCURRENCY * DEFAULT_COMMIT_EVERY}); trigger to KPIs {send_seconds:.0f} s; "
+        f"(bound {WORKER_CONCURRENCY * DEFAULT_COMMIT_EVERY}); approval "
+        f"{'answered by alice after bob got 403' if answered else 'not in this DAG'}; "
+        f"trigger to KPIs {send_seconds:.0f} s; "
         f"whole test {time.monotonic() - started_at:.0f} s"
     )
+
+
+def _approval_task(http: httpx.Client, auth: dict, run_id: str) -> dict | None:
+    """The run's approve_send task instance, or None while confirm_send has no approval task."""
+    response = http.get(f"/api/v2/dags/confirm_send/dagRuns/{run_id}/taskInstances/{APPROVE}", headers=auth)
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    return response.json()
+
+
+def _awaiting_approval(http: httpx.Client, auth: dict, run_id: str) -> bool:
+    task = _approval_task(http, auth, run_id)
+    return task is not None and task["state"] == "awaiting_input"
+
+
+def _answer_approval(http: httpx.Client, alice: dict, bob: dict, run_id: str) -> None:
+    """bob (FAB Admin, may edit any HITL detail) is not the assigned respondent: 403 from the
+    auth manager's is_authorized_hitl_task. alice, who triggered the run, is: by name, which
+    only CampaignFabAuthManager accepts (her FAB id is a row number)."""
+    path = f"/api/v2/dags/confirm_send/dagRuns/{run_id}/taskInstances/{APPROVE}/-1/hitlDetails"
+    answer = {"chosen_options": [OK], "params_input": {}}
+    refused = http.patch(path, headers=bob, json=answer)
+    assert refused.status_code == 403 and "respondent" in refused.text, refused.text
+    accepted = http.patch(path, headers=alice, json=answer)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["responded_by"]["name"] == "alice", accepted.text
+
+
+def _bobs_run_fails_in_check_role(http: httpx.Client, bob: dict, delivery_id: int) -> dict[str, str]:
+    """bob may trigger confirm_send (FAB Admin) but lacks Start deliveries: the run fails at
+    check_role and sends nothing. Returns the state of each task of his run."""
+    response = http.post(
+        "/api/v2/dags/confirm_send/dagRuns",
+        headers=bob,
+        json={"logical_date": None, "conf": {"delivery_id": delivery_id, "confirm": True}},
+    )
+    assert response.status_code == 200, response.text
+    run_id = response.json()["dag_run_id"]
+
+    def finished():
+        run = http.get(f"/api/v2/dags/confirm_send/dagRuns/{run_id}", headers=bob).json()
+        return run if run["state"] in ("success", "failed") else None
+
+    run = wait_for(finished, 300, 2, "bob's run")
+    assert run["state"] == "failed" and run["triggering_user_name"] == "bob", run
+    tasks = http.get(f"/api/v2/dags/confirm_send/dagRuns/{run_id}/taskInstances", headers=bob).json()
+    states = {task["task_id"]: task["state"] for task in tasks["task_instances"]}
+    log = http.get(
+        f"/api/v2/dags/confirm_send/dagRuns/{run_id}/taskInstances/check_role/logs/1",
+        headers={**bob, "Accept": "application/json"},
+    )
+    assert "User 'bob' is not allowed to confirm this send" in json.dumps(log.json()), log.text[-2000:]
+    return states

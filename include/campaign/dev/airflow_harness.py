@@ -21,10 +21,14 @@ from campaign.confirm import POOL_SLOTS_ENV
 from campaign.dev.net import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
+# The docker-compose deployment's auth manager (include/campaign_auth_manager.py): FAB's users and
+# roles in Airflow's metadata database. airflow_env(..., auth_manager="fab") selects it.
+FAB_AUTH_MANAGER = "campaign_auth_manager.CampaignFabAuthManager"
+_FAB_USERS_FILE = "fab-users.json"
 
 
 class AirflowClient:
-    """Airflow's REST API as the users of the SimpleAuthManager see it."""
+    """Airflow's REST API as its users see it (SimpleAuthManager or FAB: both serve POST /auth/token)."""
 
     def __init__(self, base_url: str, passwords: dict[str, str]) -> None:
         self.base_url = base_url
@@ -124,14 +128,20 @@ def airflow_env(
     roles: str,
     campaign_connection: dict,
     smtp_port: int,
+    auth_manager: str = "simple",
 ) -> dict[str, str]:
     """The environment of every process of a throw-away Airflow serving our DAGs and plugin on
     loopback: SimpleAuthManager ``users`` (passwords) with ``roles`` ("alice:admin,…"), the
-    campaign_db Connection given and campaign_smtp on ``smtp_port``. Callers add the executor."""
+    campaign_db Connection given and campaign_smtp on ``smtp_port``. Callers add the executor.
+
+    ``auth_manager="fab"``: FAB_AUTH_MANAGER instead; ``roles`` then names FAB roles
+    ("alice:User,bob:Admin") and prepare_airflow creates the users (``airflow users create``)."""
+    if auth_manager not in ("simple", "fab"):
+        raise ValueError(f"auth_manager is 'simple' or 'fab', not {auth_manager!r}")
     home.mkdir(parents=True, exist_ok=True)
     (home / "passwords.json").write_text(json.dumps(users))
     venv_bin = Path(sys.executable).parent
-    return {
+    env = {
         **os.environ,
         "PATH": f"{venv_bin}:{os.environ['PATH']}",
         "PYTHONPATH": str(ROOT / "include"),
@@ -162,17 +172,40 @@ def airflow_env(
         ),
         "CAMPAIGN_TRACKING_BASE_URL": f"http://127.0.0.1:{api_port}/campaign",
     }
+    if auth_manager == "fab":
+        role_of = dict(pair.split(":", 1) for pair in roles.split(","))
+        fab_users = {name: {"role": role_of[name], "password": password} for name, password in users.items()}
+        (home / _FAB_USERS_FILE).write_text(json.dumps(fab_users))
+        del env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"], env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]
+        # FAB's tables come with `airflow db migrate`: Airflow 3.3 runs the DB managers of the
+        # installed providers (FAB's FABDBManager) without [database] external_db_managers.
+        env["AIRFLOW__CORE__AUTH_MANAGER"] = FAB_AUTH_MANAGER
+    return env
+
+
+def _fab_user_commands(env: dict[str, str]) -> list[list[str]]:
+    """`airflow users create` for each user of an airflow_env(..., auth_manager="fab")."""
+    if env.get("AIRFLOW__CORE__AUTH_MANAGER") != FAB_AUTH_MANAGER:
+        return []
+    fab_users = json.loads((Path(env["AIRFLOW_HOME"]) / _FAB_USERS_FILE).read_text())
+    return [
+        ["users", "create", "--username", name, "--role", user["role"], "--password", user["password"],
+         "--firstname", name, "--lastname", "Test", "--email", f"{name}@example.test"]
+        for name, user in fab_users.items()
+    ]  # fmt: skip
 
 
 def prepare_airflow(env: dict[str, str], pool_slots: int) -> None:
     """Migrate the metadata database and create the campaign_smtp pool the send chunks run in;
-    ``env`` gets the slot count too (CAMPAIGN_SMTP_POOL_SLOTS), which plan_chunks sizes chunks by."""
+    ``env`` gets the slot count too (CAMPAIGN_SMTP_POOL_SLOTS), which plan_chunks sizes chunks by.
+    Under FAB it also creates the users."""
     env[POOL_SLOTS_ENV] = str(pool_slots)
     airflow = str(Path(sys.executable).parent / "airflow")
-    for command in (["db", "migrate"], ["pools", "set", "campaign_smtp", str(pool_slots), "campaign sends"]):
+    pool = ["pools", "set", "campaign_smtp", str(pool_slots), "campaign sends"]
+    for command in (["db", "migrate"], pool, *_fab_user_commands(env)):
         done = subprocess.run([airflow, *command], env=env, capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"airflow {' '.join(command)} failed: {done.stderr[-2000:]}")
+            raise RuntimeError(f"airflow {' '.join(command[:3])} failed: {done.stderr[-2000:]}")
 
 
 @contextmanager
