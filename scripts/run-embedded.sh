@@ -38,7 +38,8 @@ cat <<BANNER
   Airflow UI      http://localhost:$AIRFLOW_PORT
   Logins          alice / $ALICE_PASSWORD   (has the Start deliveries role)
                   bob   / $BOB_PASSWORD   (does not: his sends are refused)
-  Send a delivery DAG confirm_send -> Trigger -> delivery_id (see: bin/campaign delivery list), tick "OK, send definitively"
+  Send a delivery Browse -> Deployment -> the delivery -> Confirm send (or DAG confirm_send -> Trigger
+                  -> delivery_id), then answer "OK, send definitively" in the run's Required actions
   Sent mail       $CAMPAIGN_MAILDIR  (Maildir: one file per mail in new/)
   Campaign DB     $var/campaign.db   (CLI: bin/campaign --help)
 
