@@ -141,24 +141,29 @@ class SendApproval(HITLOperator, SkipMixin):
     def execute(self, context: Any) -> Any:
         params, run = context["params"], context["dag_run"]
         operator = run.triggering_user_name
-        timeout = approval.confirm_timeout(params.get("confirm_timeout", approval.DEFAULT_CONFIRM_TIMEOUT_SECONDS))
-        engine = campaign_engine()
-        chunks = confirm.plan_chunks(
-            confirm.target_count(engine, params["delivery_id"]),
-            params.get("chunk_size"),
-            max_map_length(),
-            confirm.pool_slots_setting(),
-        )
-        request = approval.approval_request(
-            engine, params["delivery_id"], chunks, deployment_page_url(params["delivery_id"])
-        )
+        try:
+            timeout = approval.confirm_timeout(params.get("confirm_timeout", approval.DEFAULT_CONFIRM_TIMEOUT_SECONDS))
+            engine = campaign_engine()
+            chunks = confirm.plan_chunks(
+                confirm.target_count(engine, params["delivery_id"]),
+                params.get("chunk_size"),
+                max_map_length(),
+                confirm.pool_slots_setting(),
+            )
+            request = approval.approval_request(
+                engine, params["delivery_id"], chunks, deployment_page_url(params["delivery_id"])
+            )
+            approval.record(engine, request.delivery_id, run.run_id, "approval_asked", operator, request.audit_detail())
+        except CampaignError as exc:
+            log.error("approve_send: %s", exc)
+            raise
         self.subject = request.headline()
         self.body = request.body(operator or "nobody", timeout)
         # The run records its user's name only; under SimpleAuthManager that is also the id Airflow
-        # matches responders on, under FAB campaign_auth_manager matches the name.
+        # matches responders on, under FAB CampaignFabAuthManager matches the name. Without a
+        # triggering user nobody can answer (check_role has refused such a run already).
         self.assigned_users = [{"id": operator, "name": operator}] if operator else [{"id": "", "name": "nobody"}]
         self.response_timeout = timeout
-        approval.record(engine, request.delivery_id, run.run_id, "approval_asked", operator, request.audit_detail())
         log.info(
             "approve_send: %s Waiting up to %s for %s to answer.",
             request.headline(),
