@@ -9,6 +9,8 @@ from urllib.parse import quote, unquote
 
 import pytest
 from e2e_support import PASSWORDS, delivery_row, fresh_delivery, mails_per_recipient
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import expect
 
 from campaign import approval
 
@@ -48,13 +50,14 @@ def logged_in_page(browser, live_airflow, user: str, path: str):
 def confirm_send_until_asked(page) -> str:
     """Click Confirm send on the Deployment page; wait for Airflow's approval page of the run it
     started, showing the options; return the run id."""
-    page.get_by_role("button", name="Confirm send").click()
+    button = page.get_by_role("button", name="Confirm send")
+    button.click()
+    expect(button).to_be_disabled()  # the first poll of the run comes a second after the trigger
     try:
         page.wait_for_url(APPROVAL_URL, timeout=STEP_MS)
-    except Exception as exc:  # say what the page said instead of only the timeout
-        raise AssertionError(
-            f"not taken to the approval; the page says {page.locator('#message').inner_text()!r}"
-        ) from exc
+    except PlaywrightTimeout as exc:  # say what the page said, not only that it timed out
+        said = page.locator("#message").inner_text()
+        raise AssertionError(f"Confirm send did not lead to the approval; the page says {said!r}") from exc
     run_id = unquote(APPROVAL_URL.search(page.url)["run_id"])
     for option in approval.OPTIONS:
         page.get_by_role("button", name=option, exact=True).wait_for(state="visible", timeout=STEP_MS)
@@ -127,10 +130,13 @@ def test_bob_without_the_role_is_told_the_send_was_refused(live_airflow, browser
     audience = fresh_delivery(engine, good=4, spec=SPEC)
     page = logged_in_page(browser, live_airflow, "bob", f"{PREFIX}/deliveries/{audience.delivery_id}")
 
-    page.get_by_role("button", name="Confirm send").click()
+    button = page.get_by_role("button", name="Confirm send")
+    button.click()
+    expect(button).to_be_disabled()  # while the run checks: a second click would start a second run
     message = page.locator("#message")
     refusal = "confirm_send did not ask for the OK: the send was refused; see the log of check_role."
     page.get_by_text(refusal).wait_for(state="visible", timeout=STEP_MS)
+    expect(button).to_be_enabled()
     assert message.inner_text() == refusal
     link = message.get_by_role("link", name="the log of check_role")
     run_id = unquote(link.get_attribute("href").rsplit("/", 1)[1])
