@@ -1,7 +1,9 @@
-"""Fixtures of the end-to-end tests: the confirm_send DAG, loggers kept visible to caplog."""
+"""Fixtures of the end-to-end tests: the confirm_send DAG, loggers kept visible to caplog, the live
+Airflow, and a headless Chromium for the tests that use the UI as a person does."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from campaign.dev.smtp import start_server
 from campaign.schema import create_schema
 
 ROOT = DAGS_FOLDER.parent
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"  # screenshots the browser tests keep (git-ignored)
 
 
 @pytest.fixture
@@ -55,3 +59,30 @@ def live_airflow(airflow_db) -> LiveAirflow:
     finally:
         controller.stop()
         engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium, headless, driven by Playwright; one for every browser test of the session."""
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is missing in CI; .ci/run must install it.")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # Flags as this machine needs them: no sandbox as root, no background calls to the network.
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"],
+        )  # fmt: skip
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """The folder the browser tests keep their screenshots in."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -113,30 +111,7 @@ def test_airflow_links_to_the_view(live_airflow, sent_delivery):
     assert links["extra_links"]["Delivery page"] == f"{PREFIX}/runs/{quote(run_id, safe='')}"
 
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail("Debian's chromium is missing in CI; .ci/run must install it.")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        # Flags as this machine needs them: no sandbox as root, no background calls to the network.
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"],
-        )  # fmt: skip
-        yield chromium
-        chromium.close()
-
-
-def test_a_browser_logs_in_and_finds_the_kpis(live_airflow, sent_delivery, browser):
+def test_a_browser_logs_in_and_finds_the_kpis(live_airflow, sent_delivery, browser, artifacts):
     audience, _ = sent_delivery
     stored = kpi_row(live_airflow.engine, audience.delivery_id)
     page = browser.new_page(viewport={"width": 1366, "height": 860})
@@ -157,8 +132,7 @@ def test_a_browser_logs_in_and_finds_the_kpis(live_airflow, sent_delivery, brows
     shown = {name: page.locator(f"[data-kpi='{name}']").inner_text() for name in ("to_deliver", "delivered")}
     assert shown == {"to_deliver": str(stored["to_deliver"]), "delivered": str(stored["delivered"])}
     assert page.locator("[data-kpi='bounce_error_rate']").inner_text() == f"{stored['bounce_error_rate'] * 100:.2f} %"
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "deployment-delivery.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "deployment-delivery.png"), full_page=True)
 
     # Compute stats goes through Airflow's own REST API with the browser's session: the run is bob's.
     page.locator("#compute-stats").click()
