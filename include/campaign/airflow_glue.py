@@ -107,11 +107,17 @@ def max_map_length() -> int:
 
 
 def deployment_page_url(delivery_id: int) -> str:
-    """The delivery's page of the Deployment view, as Airflow's users reach it ([api] base_url)."""
+    """The path of the delivery's page of the Deployment view, for a link in Airflow's UI.
+
+    A path, not a URL: the browser keeps the host and scheme it reached Airflow with (behind a
+    proxy too); only the path prefix of ``[api] base_url`` is kept, as in the plugin's task link.
+    """
+    from urllib.parse import urlsplit
+
     from airflow.configuration import conf
 
-    base = (conf.get("api", "base_url", fallback="") or "").rstrip("/")
-    return f"{base}/campaign-deployment/deliveries/{delivery_id}"
+    base_path = urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
+    return f"{base_path}/campaign-deployment/deliveries/{delivery_id}"
 
 
 class SendApproval(HITLOperator, SkipMixin):
