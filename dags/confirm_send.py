@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
@@ -84,9 +85,12 @@ def confirm_send():
         )
 
     # The seed's "finalize the send definitively by clicking OK": waits in awaiting_input (no worker,
-    # no pool slot). A retry after a transient error asks the operator again, which sends nothing
-    # by itself; a refused answer is permanent and fails at once (DEFAULT_ARGS' retry policy).
-    approve_send = SendApproval(task_id="approve_send")
+    # no pool slot). A retry asks the operator again, which sends nothing by itself, so it comes
+    # soon: the operator is waiting (Airflow 3.3.2 can lose an early answer and retry the task).
+    # A refused answer is permanent and fails at once (DEFAULT_ARGS' retry policy).
+    approve_send = SendApproval(
+        task_id="approve_send", retry_delay=timedelta(seconds=5), retry_exponential_backoff=False
+    )
 
     @task
     @says_why

@@ -150,6 +150,10 @@ class SendApproval(HITLOperator, SkipMixin):
         try:
             timeout = approval.confirm_timeout(params.get("confirm_timeout", approval.DEFAULT_CONFIRM_TIMEOUT_SECONDS))
             engine = campaign_engine()
+            # Each try asks only for a delivery still ready: a retry can come after another run
+            # has sent it, or after the delivery changed (validate's sentences).
+            confirm.validate_delivery(engine, params["delivery_id"])
+            previous = approval.last_action(engine, params["delivery_id"], run.run_id)
             chunks = confirm.plan_chunks(
                 confirm.target_count(engine, params["delivery_id"]),
                 params.get("chunk_size"),
@@ -159,7 +163,15 @@ class SendApproval(HITLOperator, SkipMixin):
             request = approval.approval_request(
                 engine, params["delivery_id"], chunks, deployment_page_url(params["delivery_id"])
             )
-            approval.record(engine, request.delivery_id, run.run_id, "approval_asked", operator, request.audit_detail())
+            detail = request.audit_detail()
+            if previous and previous["action"] == "approval_asked":
+                # The question was asked in an earlier try and this run recorded no answer: the
+                # task was interrupted, or Airflow 3.3.2 lost the answer (an answer given while
+                # the scheduler is still finishing the task's previous step makes it retry the
+                # task). Airflow shows the earlier question again; it needs a new answer.
+                detail += f"; asked again (try {context['ti'].try_number}): no answer reached the earlier try"
+                log.warning("approve_send: %s: answer again.", detail)
+            approval.record(engine, request.delivery_id, run.run_id, "approval_asked", operator, detail)
         except CampaignError as exc:
             log.error("approve_send: %s", exc)
             raise

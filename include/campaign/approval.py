@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 OK = "OK, send definitively"
 CANCEL = "Cancel"
 OPTIONS = (OK, CANCEL)
+# Audit actions that answer a question (the others ask it).
+ANSWERS = ("confirmed", "cancelled", "timed_out", "answer_refused")
 DEFAULT_CONFIRM_TIMEOUT_SECONDS = 3600
 # How many of the last finished sends the duration estimate is measured on.
 ESTIMATE_FROM_SENDS = 5
@@ -122,7 +124,7 @@ class ApprovalRequest:
         return (
             f"asked to confirm the send to {self.to_send:,} recipients ({self.target_count:,} targets, "
             f"{self.blocklisted:,} blocklisted and {self.quarantined:,} quarantined since preparation) "
-            f"in {self.chunks:,} chunks"
+            f"in {self.chunks:,} chunk{'s' if self.chunks != 1 else ''}"
         )
 
 
@@ -216,7 +218,16 @@ def answer_approval(
     raises ``SendRefused`` (after recording ``answer_refused``) for an OK that must not send:
     from anyone but ``operator``, from an operator who no longer holds Start deliveries, or for a
     delivery that is no longer ``ready`` (the message names the run that has it).
+
+    Idempotent for one question: when the run's latest audit entry already answers it (the task
+    was retried after it had recorded the answer), the recorded outcome is given again and
+    nothing new is recorded.
     """
+    last = last_action(engine, delivery_id, run_id)
+    if last and last["action"] in ANSWERS:
+        if last["action"] == "answer_refused":
+            raise SendRefused(last["detail"])
+        return Answer(last["action"] == "confirmed", last["detail"])
     when = _when(responded_at or utcnow())
     if timed_out:
         line = (
@@ -256,11 +267,17 @@ def answer_approval(
     return Answer(True, line)
 
 
-def run_confirmation(engine: Engine, delivery_id: int, run_id: str) -> str | None:
-    """The operator who answered OK in ``run_id`` (recorded by ``answer_approval``), or None."""
+def last_action(engine: Engine, delivery_id: int, run_id: str) -> dict[str, Any] | None:
+    """The latest audit entry of ``run_id`` for the delivery (action, actor, at, detail), or None."""
     with engine.begin() as conn:
-        row = conn.execute(sql("select_run_confirmation"), {"delivery_id": delivery_id, "run_id": run_id}).first()
-    return row.actor if row else None
+        row = conn.execute(sql("select_run_last_action"), {"delivery_id": delivery_id, "run_id": run_id}).first()
+    return dict(row._mapping) if row else None
+
+
+def run_confirmation(engine: Engine, delivery_id: int, run_id: str) -> str | None:
+    """The operator whose OK stands in ``run_id`` (its latest audit entry), or None."""
+    last = last_action(engine, delivery_id, run_id)
+    return last["actor"] if last and last["action"] == "confirmed" else None
 
 
 def audit_trail(engine: Engine, delivery_id: int) -> list[dict[str, Any]]:

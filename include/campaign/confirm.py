@@ -94,22 +94,22 @@ def first_target(conn: Connection, delivery_id: int) -> dict[str, Any] | None:
 def start_send(engine: Engine, delivery_id: int, run_id: str) -> tuple[str, int]:
     """Atomically move the delivery from ready to sending for this run, or name the run that owns it.
 
-    Only for a run whose approval recorded "OK, send definitively" (``campaign.approval``): a run
-    without one (its approval task marked success by hand, say) is refused with ``SendRefused``
-    and sends nothing. Registers the delivery's tracked links. Returns (the operator who
-    confirmed, how many tracked links). Raises ``SendConflict`` naming the run that won.
+    Only for a run whose latest approval entry is "OK, send definitively" (``campaign.approval``):
+    a run without one (its approval task marked success by hand, say), or whose OK was followed
+    by a Cancel, a timeout or a new question, is refused with ``SendRefused`` and sends nothing.
+    Registers the delivery's tracked links. Returns (the operator who confirmed, how many tracked
+    links). Raises ``SendConflict`` naming the run that won.
     """
     with engine.begin() as conn:
-        confirmation = conn.execute(
-            sql("select_run_confirmation"), {"delivery_id": delivery_id, "run_id": run_id}
-        ).first()
-        if confirmation is None:
+        last = conn.execute(sql("select_run_last_action"), {"delivery_id": delivery_id, "run_id": run_id}).first()
+        if last is None or last.action != "confirmed":
+            latest = "nothing" if last is None else f"{last.action.replace('_', ' ')} ({last.actor or 'no user'})"
             raise SendRefused(
-                f"No 'OK, send definitively' is recorded for delivery {delivery_id} in run {run_id!r}: the "
-                "approval task was not answered by the operator (was it marked success by hand?). "
-                "This run sends nothing."
+                f"No 'OK, send definitively' stands for delivery {delivery_id} in run {run_id!r} (latest on "
+                f"its audit: {latest}): the approval task was not answered OK by the operator (was it marked "
+                "success by hand?). This run sends nothing."
             )
-        operator = confirmation.actor
+        operator = last.actor
         claimed = conn.execute(
             sql("claim_delivery_for_send"),
             {"delivery_id": delivery_id, "operator": operator, "now": utcnow(), "run_id": run_id},
@@ -217,7 +217,7 @@ def require_owned_by_run(engine: Engine, delivery_id: int, run_id: str) -> None:
     if owner != run_id:
         raise SendRefused(
             f"This run sent nothing to delivery {delivery_id}: it was refused before the send "
-            "(see the log of check_role, validate or start_send)."
+            "(see the log of check_role, validate, approve_send or start_send)."
         )
 
 

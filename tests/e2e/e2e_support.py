@@ -179,8 +179,7 @@ class LiveAirflow(AirflowClient):
         """Trigger confirm_send as ``user``, answer its approval OK as the same user, wait for the
         end: what an operator does in the UI, and a script through the REST API."""
         run_id = self.trigger(user, conf)
-        self.wait_for_approval(run_id, user)
-        answered = self.answer(run_id, user, approval.OK)
+        answered = self.approve(run_id, user, approval.OK)
         assert answered.status_code == 200, answered.text
         return run_id, self.wait_for_run(run_id, user)
 

@@ -84,7 +84,7 @@ def test_only_the_operator_who_started_the_run_can_answer_ok(live_airflow):
     assert _accepted(live_airflow) == accepted_before, "nothing is sent before alice answers"
     assert delivery_row(engine, audience.delivery_id)["status"] == "ready"
 
-    answered = live_airflow.answer(run_id, "alice", approval.OK)
+    answered = live_airflow.approve(run_id, "alice", approval.OK)
     assert answered.status_code == 200, answered.text
     assert answered.json()["responded_by"]["name"] == "alice"
     run = live_airflow.wait_for_run(run_id)
@@ -97,7 +97,9 @@ def test_only_the_operator_who_started_the_run_can_answer_ok(live_airflow):
     kpis = kpi_row(engine, audience.delivery_id)
     assert (kpis["to_deliver"], kpis["delivered"], kpis["hard_bounces"]) == (31, 30, 1)
     trail = [(row["action"], row["actor"]) for row in approval.audit_trail(engine, audience.delivery_id)]
-    assert trail == [("approval_asked", "alice"), ("confirmed", "alice")]
+    # (more than one question only if Airflow lost an answer and asked again, see AirflowClient.approve)
+    assert trail[0] == ("approval_asked", "alice") and trail[-1] == ("confirmed", "alice")
+    assert set(trail[:-1]) == {("approval_asked", "alice")}
 
 
 def test_cancel_and_timeout_send_nothing_and_a_later_confirmation_sends(live_airflow):
@@ -106,8 +108,7 @@ def test_cancel_and_timeout_send_nothing_and_a_later_confirmation_sends(live_air
     accepted_before = _accepted(live_airflow)
 
     cancelled = live_airflow.trigger("alice", {"delivery_id": audience.delivery_id})
-    live_airflow.wait_for_approval(cancelled, "alice")
-    assert live_airflow.answer(cancelled, "alice", approval.CANCEL).status_code == 200
+    assert live_airflow.approve(cancelled, "alice", approval.CANCEL).status_code == 200
     timed_out = live_airflow.trigger("alice", {"delivery_id": audience.delivery_id, "confirm_timeout": 2})
 
     for run_id, line in (
@@ -145,9 +146,9 @@ def test_of_two_runs_waiting_for_one_delivery_only_the_first_ok_sends(live_airfl
     live_airflow.wait_for_approval(first, "alice")
     live_airflow.wait_for_approval(second, "alice")
 
-    assert live_airflow.answer(first, "alice", approval.OK).status_code == 200
+    assert live_airflow.approve(first, "alice", approval.OK).status_code == 200
     assert live_airflow.wait_for_run(first)["state"] == "success"
-    assert live_airflow.answer(second, "alice", approval.OK).status_code == 200
+    assert live_airflow.approve(second, "alice", approval.OK).status_code == 200
     refused = live_airflow.wait_for_run(second)
 
     assert refused["state"] == "failed"
@@ -180,7 +181,7 @@ def test_an_approval_marked_success_by_an_admin_sends_nothing(live_airflow):
     tis = live_airflow.task_instances(run_id)
     assert tis["start_send[-1]"]["state"] == "failed" and tis["start_send[-1]"]["try_number"] == 1
     log = live_airflow.task_log(run_id, "start_send", 1)
-    assert "No 'OK, send definitively' is recorded" in log and "marked success by hand" in log
+    assert "No 'OK, send definitively' stands" in log and "marked success by hand" in log
     assert _accepted(live_airflow) == accepted_before
     assert delivery_row(engine, audience.delivery_id)["status"] == "ready"
 

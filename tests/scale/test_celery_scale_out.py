@@ -257,7 +257,7 @@ def _answer_approval(client: AirflowClient, run_id: str) -> None:
     only CampaignFabAuthManager accepts (her FAB id is a row number)."""
     refused = client.answer(run_id, "bob", OK)
     assert refused.status_code == 403 and "respondent" in refused.text, refused.text
-    accepted = client.answer(run_id, "alice", OK)
+    accepted = client.approve(run_id, "alice", OK)
     assert accepted.status_code == 200, accepted.text
     assert accepted.json()["responded_by"]["name"] == "alice", accepted.text
 

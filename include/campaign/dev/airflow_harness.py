@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[3]
 # roles in Airflow's metadata database. airflow_env(..., auth_manager="fab") selects it.
 FAB_AUTH_MANAGER = "campaign_auth_manager.CampaignFabAuthManager"
 _FAB_USERS_FILE = "fab-users.json"
+# How long a script waits between seeing the approval and answering it (AirflowClient.wait_for_approval).
+APPROVAL_SETTLE_SECONDS = 2.0
 
 
 class AirflowClient:
@@ -61,7 +63,9 @@ class AirflowClient:
     def approval_path(self, run_id: str, dag_id: str = "confirm_send", task_id: str = "approve_send") -> str:
         return f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}/-1/hitlDetails"
 
-    def wait_for_approval(self, run_id: str, user: str, timeout: float = 120, settle: float = 2.0) -> dict:
+    def wait_for_approval(
+        self, run_id: str, user: str, timeout: float = 120, settle: float = APPROVAL_SETTLE_SECONDS
+    ) -> dict:
         """The approval of the run once it waits for an answer (its HITL detail, as ``user`` reads it);
         raises if the run ends first (refused by check_role or validate).
 
@@ -89,6 +93,30 @@ class AirflowClient:
         return self.api(
             "PATCH", self.approval_path(run_id), user, json={"chosen_options": [option], "params_input": {}}
         )
+
+    def approve(self, run_id: str, user: str, option: str, attempts: int = 3) -> httpx.Response:
+        """Wait for the approval, answer it and make sure the answer took; the last response.
+
+        An answer took when the task ends with the try it was given to. Airflow 3.3.2 can lose an
+        answer (see ``wait_for_approval``): the task then goes up for retry and a later try asks
+        again, and this answers that one. A refused answer (403, 409, …) is returned at once.
+        """
+        task_path = f"/dags/confirm_send/dagRuns/{quote(run_id, safe='')}/taskInstances/approve_send"
+        for _ in range(attempts):
+            asked_in = self.wait_for_approval(run_id, user)["task_instance"]["try_number"]
+            response = self.answer(run_id, user, option)
+            if response.status_code != 200:
+                return response
+
+            def outcome(asked_in: int = asked_in) -> str | None:
+                task = self.api("GET", task_path, user).json()
+                if task["try_number"] > asked_in or task["state"] == "up_for_retry":
+                    return "lost"
+                return "took" if task["state"] in ("success", "failed", "skipped", "upstream_failed") else None
+
+            if wait_until(outcome, 120, 0.5, f"the answer to run {run_id} to take") == "took":
+                return response
+        raise RuntimeError(f"Airflow lost {attempts} answers in a row to the approval of run {run_id}")
 
     def wait_for_run(self, run_id: str, user: str = "alice", dag_id: str = "confirm_send", timeout: float = 240):
         def finished():

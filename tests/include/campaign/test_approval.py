@@ -233,6 +233,49 @@ def test_an_ok_from_anyone_else_is_refused_recorded_and_sends_nothing(
     assert load_delivery(engine, delivery_id).status == "ready"
 
 
+@pytest.mark.parametrize("first", [approval.OK, approval.CANCEL])
+def test_a_retried_task_gets_the_recorded_outcome_again_and_records_nothing(campaign_db, ready_delivery, first) -> None:
+    engine = campaign_db.engine
+    delivery_id = ready_delivery(engine)
+    _operator(engine)
+    recorded = _answer(engine, delivery_id, first, "alice")
+
+    # The same question resolved again (Airflow retried the task after it had recorded the answer):
+    # even another option or a timeout changes nothing.
+    again = _answer(engine, delivery_id, approval.CANCEL if first == approval.OK else approval.OK, "alice")
+
+    assert again == recorded
+    assert len(approval.audit_trail(engine, delivery_id)) == 1
+
+
+def test_a_refusal_is_given_again_to_a_retried_task(campaign_db, ready_delivery) -> None:
+    engine = campaign_db.engine
+    delivery_id = ready_delivery(engine)
+    _operator(engine)
+    with pytest.raises(SendRefused) as first:
+        _answer(engine, delivery_id, approval.OK, "bob")
+
+    with pytest.raises(SendRefused) as again:
+        _answer(engine, delivery_id, approval.OK, "alice")
+
+    assert str(again.value) == str(first.value)
+    assert _actions(engine, delivery_id) == [("answer_refused", "bob", "run-A")]
+
+
+def test_a_new_question_needs_a_new_answer(campaign_db, ready_delivery) -> None:
+    engine = campaign_db.engine
+    delivery_id = ready_delivery(engine)
+    _operator(engine)
+    _answer(engine, delivery_id, approval.CANCEL, "alice")
+    approval.record(engine, delivery_id, "run-A", "approval_asked", "alice", "asked again")
+
+    answer = _answer(engine, delivery_id, approval.OK, "alice")
+
+    assert answer.send is True
+    assert approval.run_confirmation(engine, delivery_id, "run-A") == "alice"
+    assert [a for a, _, _ in _actions(engine, delivery_id)] == ["cancelled", "approval_asked", "confirmed"]
+
+
 def test_of_two_runs_waiting_for_the_same_delivery_only_the_first_ok_sends(campaign_db, ready_delivery) -> None:
     engine = campaign_db.engine
     delivery_id = ready_delivery(engine)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy import insert, select, update
 from testsupport import start_confirmed_send
@@ -263,8 +265,9 @@ def test_start_send_refuses_a_run_without_a_recorded_ok(campaign_db, ready_deliv
         start_send(engine, delivery_id, "run-A")
 
     assert str(excinfo.value) == (
-        f"No 'OK, send definitively' is recorded for delivery {delivery_id} in run 'run-A': the approval task "
-        "was not answered by the operator (was it marked success by hand?). This run sends nothing."
+        f"No 'OK, send definitively' stands for delivery {delivery_id} in run 'run-A' (latest on its audit: "
+        "nothing): the approval task was not answered OK by the operator (was it marked success by hand?). "
+        "This run sends nothing."
     )
     assert load_delivery(engine, delivery_id).status == "ready"
 
@@ -280,6 +283,28 @@ def test_start_send_records_the_operator_who_answered_ok(campaign_db, ready_deli
 
     assert start_send(engine, delivery_id, "run-A") == ("alice", 0)
     assert load_delivery(engine, delivery_id).confirmed_by == "alice"
+
+
+@pytest.mark.parametrize(
+    ("action", "actor", "latest"),
+    [
+        ("cancelled", "alice", "cancelled (alice)"),
+        ("timed_out", None, "timed out (no user)"),
+        ("approval_asked", "alice", "approval asked (alice)"),  # the run asked again: a new answer is due
+    ],
+)
+def test_an_ok_followed_by_another_entry_of_the_same_run_no_longer_stands(
+    campaign_db, ready_delivery, action, actor, latest
+) -> None:
+    """An approval set to success by hand after a later Cancel, timeout or new question sends nothing."""
+    engine = campaign_db.engine
+    delivery_id = ready_delivery(engine)
+    approval.record(engine, delivery_id, "run-A", "confirmed", "alice", "an OK")
+    approval.record(engine, delivery_id, "run-A", action, actor, "what came after")
+
+    with pytest.raises(SendRefused, match=rf"\(latest on its audit: {re.escape(latest)}\)"):
+        start_send(engine, delivery_id, "run-A")
+    assert load_delivery(engine, delivery_id).status == "ready"
 
 
 def test_start_send_lets_the_owning_run_resume_a_failed_send(campaign_db, ready_delivery) -> None:
