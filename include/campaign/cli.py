@@ -185,8 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     dcreate = delivery.add_parser("create", help="create a draft from a YAML/JSON spec")
     dcreate.add_argument("spec")
     dcreate.set_defaults(func=cmd_delivery_create)
-    for action, func in (("prepare", cmd_delivery_prepare), ("approve", cmd_delivery_approve)):
-        sub = delivery.add_parser(action)
+    for action, func, what in (
+        ("prepare", cmd_delivery_prepare, "compute the target (draft, before approval)"),
+        ("approve", cmd_delivery_approve, "approve a prepared draft: it becomes ready to confirm with confirm_send"),
+    ):
+        sub = delivery.add_parser(action, help=what)
         sub.add_argument("delivery_id", type=int)
         sub.add_argument("--by", default=os.environ.get("USER", "cli"), help="operator login recorded")
         sub.set_defaults(func=func)

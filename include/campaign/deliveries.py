@@ -97,7 +97,10 @@ def _check_sender(sender: str) -> None:
     if "\r" in sender or "\n" in sender:
         problem = "it contains a line break"
     elif len(getaddresses([sender])) != 1:
-        problem = 'it names more than one address (a display name with a comma must be quoted: "Shop, Ltd." <...>)'
+        problem = (
+            "it reads as more than one address (a display name with a comma or another special "
+            'character, such as ( ) [ ] : ; @ \\ ", must be quoted: "Shop, Ltd." <...>)'
+        )
     else:
         try:
             normalize_email(parseaddr(sender)[1])

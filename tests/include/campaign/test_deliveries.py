@@ -166,10 +166,23 @@ def test_create_delivery_rejects_an_invalid_sender(campaign_db, new_delivery, se
     assert delivery_count(campaign_db.engine) == 0
 
 
-def test_a_sender_with_an_unquoted_comma_is_told_to_quote_it(sqlite_db, new_delivery) -> None:
-    with pytest.raises(InvalidInput, match=r"more than one address \(a display name with a comma must be quoted"):
-        new_delivery(sqlite_db.engine, sender="Bücher Shöp, Ltd. <news@bücher-shop.example>")
-    assert new_delivery(sqlite_db.engine, sender='"Bücher Shöp, Ltd." <news@bücher-shop.example>')
+QUOTE_IT = r"more than one address \(a display name with a comma or another special character"
+
+
+@pytest.mark.parametrize(
+    ("unquoted", "quoted"),
+    [
+        ("Bücher Shöp, Ltd. <news@bücher-shop.example>", '"Bücher Shöp, Ltd." <news@bücher-shop.example>'),
+        # found by a fresh user: brackets, not a comma
+        ("Shop [y](x) <news@shop.test>", '"Shop [y](x)" <news@shop.test>'),
+    ],
+)
+def test_a_sender_with_an_unquoted_special_character_is_told_to_quote_it(
+    sqlite_db, new_delivery, unquoted, quoted
+) -> None:
+    with pytest.raises(InvalidInput, match=QUOTE_IT):
+        new_delivery(sqlite_db.engine, sender=unquoted)
+    assert new_delivery(sqlite_db.engine, sender=quoted)
 
 
 @pytest.mark.parametrize(
