@@ -47,6 +47,16 @@ def _run_params() -> tuple[dict, str]:
                 "would be too long."
             ),
         ),
+        "max_rate": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Rate limit (messages an hour)",
+            description=(
+                "At most this many messages an hour for the whole send, all chunks and workers together. "
+                "Empty: the delivery's own max_rate, if its spec has one, else no limit."
+            ),
+        ),
         "confirm_timeout": Param(
             approval.DEFAULT_CONFIRM_TIMEOUT_SECONDS,
             type="integer",
@@ -96,7 +106,7 @@ def confirm_send():
     @says_why
     def start_send() -> None:
         params, run_id = _run_params()
-        operator, links = confirm.start_send(campaign_engine(), params["delivery_id"], run_id)
+        operator, links = confirm.start_send(campaign_engine(), params["delivery_id"], run_id, params.get("max_rate"))
         log.info(
             "start_send: delivery %s is sending, confirmed by %s, run %s, %s tracked links",
             params["delivery_id"],

@@ -161,7 +161,11 @@ class SendApproval(HITLOperator, SkipMixin):
                 confirm.pool_slots_setting(),
             )
             request = approval.approval_request(
-                engine, params["delivery_id"], chunks, deployment_page_url(params["delivery_id"])
+                engine,
+                params["delivery_id"],
+                chunks,
+                deployment_page_url(params["delivery_id"]),
+                params.get("max_rate"),
             )
             detail = request.audit_detail()
             if previous and previous["action"] == "approval_asked":

@@ -57,11 +57,13 @@ class Estimate:
 
     seconds: float | None
     rate: float | None  # recipients per second
-    sends: int  # how many earlier sends the rate was measured on
+    sends: int  # how many earlier sends the rate was measured on; 0 when the rate limit sets it
 
     def sentence(self) -> str:
         if self.seconds is None:
             return "unknown: no earlier send on this deployment to measure a rate from"
+        if self.sends == 0:
+            return f"about {duration_text(self.seconds)} (at the rate limit)"
         return (
             f"about {duration_text(self.seconds)} (at {self.rate:,.0f} recipients/s, "
             f"the rate of the last {self.sends} send{'s' if self.sends > 1 else ''})"
@@ -83,6 +85,7 @@ class ApprovalRequest:
     tracked_links: int
     chunks: int
     chunk_size: int
+    max_rate: int | None  # messages an hour for the whole send; None = no limit
     estimate: Estimate
     deployment_url: str
 
@@ -110,6 +113,7 @@ class ApprovalRequest:
             ("Will be sent to", f"**{self.to_send:,} recipients**"),
             ("Tracking", tracking if self.tracking else "off"),
             ("Chunks", f"{self.chunks:,} of up to {self.chunk_size:,} recipients"),
+            ("Rate limit", f"{self.max_rate:,} messages an hour" if self.max_rate else "none"),
             ("Estimated duration", self.estimate.sentence()),
         ]
         table = "\n".join(["| | |", "| --- | --- |", *(f"| {name} | {value} |" for name, value in rows)])
@@ -128,17 +132,20 @@ class ApprovalRequest:
         )
 
 
-def approval_request(engine: Engine, delivery_id: int, chunks: list[Chunk], deployment_url: str) -> ApprovalRequest:
+def approval_request(
+    engine: Engine, delivery_id: int, chunks: list[Chunk], deployment_url: str, max_rate: int | None = None
+) -> ApprovalRequest:
     """Gather what the approval shows for ``delivery_id``, to be sent in ``chunks`` (as
-    ``campaign.confirm.plan_chunks`` plans them). Raises ``DeliveryNotFound``, and
-    ``TemplateProblem`` if the subject does not render for the first recipient (``validate``
-    has checked both just before)."""
+    ``campaign.confirm.plan_chunks`` plans them), under ``max_rate`` (the trigger form's) or else
+    the delivery's own rate limit. Raises ``DeliveryNotFound``, and ``TemplateProblem`` if the
+    subject does not render for the first recipient (``validate`` has checked both just before)."""
     with engine.begin() as conn:
         delivery = get_delivery(conn, delivery_id)
         sample = first_target(conn, delivery_id)
         excluded = conn.execute(sql("count_targets_excluded_since_preparation"), {"delivery_id": delivery_id}).one()
         target_count = conn.execute(sql("count_delivery_targets"), {"delivery_id": delivery_id}).scalar_one()
-        estimate = _estimate(conn, target_count)
+        rate_limit = max_rate or delivery.max_rate
+        estimate = _estimate(conn, target_count - int(excluded.blocklisted) - int(excluded.quarantined), rate_limit)
     content = delivery.content
     subject = (
         render(compile_templates(content), recipient_context(sample, content), delivery_id).subject if sample else ""
@@ -155,21 +162,26 @@ def approval_request(engine: Engine, delivery_id: int, chunks: list[Chunk], depl
         tracked_links=len(extract_links(delivery.html_template)) if delivery.tracking else 0,
         chunks=len(chunks),
         chunk_size=max((c.last_seq - c.first_seq + 1 for c in chunks), default=0),
+        max_rate=rate_limit,
         estimate=estimate,
         deployment_url=deployment_url,
     )
 
 
-def _estimate(conn: Connection, target_count: int) -> Estimate:
+def _estimate(conn: Connection, to_send: int, max_rate: int | None) -> Estimate:
+    """From the rate of the last sends; a rate limit below that rate is the rate."""
     rows = conn.execute(sql("recent_send_durations"), {"limit": ESTIMATE_FROM_SENDS}).all()
     served = sum(row.served for row in rows)
     seconds = sum(
         max((as_datetime(row.finished_at) - as_datetime(row.confirmed_at)).total_seconds(), 0.0) for row in rows
     )
-    if not rows or seconds <= 0:
+    measured = served / seconds if rows and seconds > 0 else None
+    limit = max_rate / 3600 if max_rate else None
+    if limit is not None and (measured is None or limit < measured):
+        return Estimate(to_send / limit, limit, 0)
+    if measured is None:
         return Estimate(None, None, 0)
-    rate = served / seconds
-    return Estimate(target_count / rate, rate, len(rows))
+    return Estimate(to_send / measured, measured, len(rows))
 
 
 def record(

@@ -20,6 +20,7 @@ from campaign.errors import (
     SendConflict,
     SendRefused,
 )
+from campaign.pacing import check_max_rate
 from campaign.rendering import compile_templates, recipient_context, render
 from campaign.schema import delivery_targets, profiles
 from campaign.settings import whole_number
@@ -91,14 +92,15 @@ def first_target(conn: Connection, delivery_id: int) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
-def start_send(engine: Engine, delivery_id: int, run_id: str) -> tuple[str, int]:
+def start_send(engine: Engine, delivery_id: int, run_id: str, max_rate: int | None = None) -> tuple[str, int]:
     """Atomically move the delivery from ready to sending for this run, or name the run that owns it.
 
     Only for a run whose latest approval entry is "OK, send definitively" (``campaign.approval``):
     a run without one (its approval task marked success by hand, say), or whose OK was followed
     by a Cancel, a timeout or a new question, is refused with ``SendRefused`` and sends nothing.
-    Registers the delivery's tracked links. Returns (the operator who confirmed, how many tracked
-    links). Raises ``SendConflict`` naming the run that won.
+    ``max_rate`` (messages an hour, from the trigger form) replaces the delivery's own rate limit
+    for this send. Registers the delivery's tracked links. Returns (the operator who confirmed, how
+    many tracked links). Raises ``SendConflict`` naming the run that won.
     """
     with engine.begin() as conn:
         last = conn.execute(sql("select_run_last_action"), {"delivery_id": delivery_id, "run_id": run_id}).first()
@@ -112,7 +114,13 @@ def start_send(engine: Engine, delivery_id: int, run_id: str) -> tuple[str, int]
         operator = last.actor
         claimed = conn.execute(
             sql("claim_delivery_for_send"),
-            {"delivery_id": delivery_id, "operator": operator, "now": utcnow(), "run_id": run_id},
+            {
+                "delivery_id": delivery_id,
+                "operator": operator,
+                "now": utcnow(),
+                "run_id": run_id,
+                "max_rate": check_max_rate(max_rate),
+            },
         ).rowcount
         delivery = get_delivery(conn, delivery_id)
     # A re-run of this task inside the run that already owns the send carries on.

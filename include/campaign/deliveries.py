@@ -14,11 +14,12 @@ from sqlalchemy import Connection, Engine, select, update
 from campaign.clock import utcnow
 from campaign.db import sql
 from campaign.errors import DeliveryNotFound, DeliveryStateError, InvalidAddress, InvalidInput
+from campaign.pacing import check_max_rate
 from campaign.profiles import normalize_email
 from campaign.rendering import DeliveryContent, compile_templates
 from campaign.schema import deliveries
 
-SPEC_FIELDS = {"label", "sender", "subject", "text", "html", "text_file", "html_file", "tracking"}
+SPEC_FIELDS = {"label", "sender", "subject", "text", "html", "text_file", "html_file", "tracking", "max_rate"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Delivery:
     text_template: str
     html_template: str
     tracking: bool
+    max_rate: int | None
     target_count: int | None
     prepared_at: datetime | None
     approved_by: str | None
@@ -123,6 +125,7 @@ def create_delivery(engine: Engine, spec: dict[str, Any]) -> int:
         "text_template": str(spec["text"]),
         "html_template": str(spec["html"]),
         "tracking": tracking,
+        "max_rate": check_max_rate(spec.get("max_rate")),
         "status": "draft",
         "created_at": utcnow(),
     }

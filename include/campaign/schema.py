@@ -96,6 +96,7 @@ deliveries = Table(
     Column("text_template", Text, nullable=False),
     Column("html_template", Text, nullable=False),
     Column("tracking", Boolean, nullable=False, server_default=true()),
+    Column("max_rate", Integer, comment="messages an hour across all chunks (campaign.pacing); NULL = no limit"),
     Column("status", String(16), nullable=False, server_default="draft"),
     Column("target_count", Integer),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -229,6 +230,14 @@ tracking_watermarks = Table(
     comment="how far tracking_rates_hourly has folded tracking_logs; its row is also the lock of the fold",
 )
 
+delivery_pacing = Table(
+    "delivery_pacing",
+    metadata,
+    Column("delivery_id", Id, ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True),
+    Column("next_at", Float, nullable=False, comment="seconds since the epoch: the next free slot of the send"),
+    comment="the shared schedule of a rate-limited send: one row per delivery (campaign.pacing)",
+)
+
 delivery_audit = Table(
     "delivery_audit",
     metadata,
@@ -275,12 +284,15 @@ _BEFORE_UNIQUE_INDEX = {"tracking_logs_one_unsubscribe": "delete_repeated_unsubs
 
 
 def create_schema(engine: Engine) -> None:
-    """Create every missing table and index; existing ones are left as they are.
+    """Create every missing table, column and index; existing ones are left as they are.
 
-    On a database made by an older version, the rows a new unique index would refuse are removed
-    first (``_BEFORE_UNIQUE_INDEX``), each index in its own transaction.
+    On a database made by an older version, nullable columns added since are added with
+    ``ALTER TABLE … ADD COLUMN`` (SQLite and PostgreSQL both can), and the rows a new unique
+    index would refuse are removed first (``_BEFORE_UNIQUE_INDEX``), each index in its own
+    transaction.
     """
     metadata.create_all(engine)
+    _add_missing_columns(engine)
     # create_all only indexes the tables it creates: databases made by an older version get the
     # indexes added since.
     for table in metadata.sorted_tables:
@@ -292,3 +304,16 @@ def create_schema(engine: Engine) -> None:
                 if cleanup is not None:
                     conn.execute(sql(cleanup))
                 index.create(conn)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    for table in metadata.sorted_tables:
+        with engine.begin() as conn:
+            present = {column["name"] for column in inspect(conn).get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                if not column.nullable or column.primary_key:
+                    raise RuntimeError(f"{table.name}.{column.name} cannot be added to an existing table: not nullable")
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))

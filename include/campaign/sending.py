@@ -33,6 +33,7 @@ from campaign.errors import (
     TemplateProblem,
 )
 from campaign.message import BuiltMessage, MessageSkeleton
+from campaign.pacing import Pacer
 from campaign.profiles import is_valid_email
 from campaign.relay import DEFAULT_RECONNECT_DELAYS, MessageNotSendable, RelaySession, SmtpFactory
 from campaign.rendering import RenderedMessage, compile_templates, recipient_context, render, tracking_base_url
@@ -59,6 +60,8 @@ class ChunkResult:
     seconds: float = 0.0
     reconnects: int = 0
     peak_rss_mib: float | None = None
+    max_rate: int | None = None  # the delivery's rate limit, messages an hour
+    paced_seconds: float = 0.0  # seconds this chunk waited for the rate limit
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -71,6 +74,7 @@ class ChunkResult:
             "seconds": round(self.seconds, 3),
             "reconnects": self.reconnects,
             "peak_rss_mib": self.peak_rss_mib,
+            "paced_seconds": round(self.paced_seconds, 3),
         }
 
     def summary_line(self) -> str:
@@ -78,11 +82,16 @@ class ChunkResult:
         processed = sum(self.counts.values())
         rate = processed / self.seconds if self.seconds else 0.0
         memory = "unknown" if self.peak_rss_mib is None else f"{self.peak_rss_mib} MiB"
+        paced = (
+            f", rate limit {self.max_rate:,}/h for the delivery ({self.paced_seconds:.1f}s waited)"
+            if self.max_rate
+            else ""
+        )
         return (
             f"send_chunk: seq {self.first_seq}-{self.last_seq} sent={self.counts['sent']} "
             f"bounced={self.counts['bounced']} failed={self.counts['failed']} ignored={self.counts['ignored']} "
             f"in {self.seconds:.2f}s ({rate:.0f} recipients/s), {self.reconnects} reconnections, "
-            f"peak memory {memory}"
+            f"peak memory {memory}{paced}"
         )
 
 
@@ -154,6 +163,7 @@ class _ChunkSender:
             if delivery.tracking
             else None
         )
+        self.pacer = Pacer(engine, delivery.id, delivery.max_rate) if delivery.max_rate else None
         self.use_relay(None)
         self.worker = worker_identity()
         self.consecutive_message_refusals = 0
@@ -279,6 +289,8 @@ class _ChunkSender:
         Replies about the connection never reach here: the relay session reconnects and sends
         again, or raises ``SmtpUnavailable`` when the relay stays unreachable.
         """
+        if self.pacer is not None:
+            self.pacer.wait()
         try:
             reply = relay.send(message.envelope_from, message.envelope_to, message.data, message.mail_options)
         except MessageNotSendable as exc:
@@ -437,6 +449,8 @@ def send_chunk(
         sender.flush()
         raise
     result.reconnects = relay.reconnects
+    if sender.pacer is not None:
+        result.max_rate, result.paced_seconds = delivery.max_rate, sender.pacer.waited
     result.peak_rss_mib = peak_rss_mib()
     result.seconds = time.monotonic() - started
     return result

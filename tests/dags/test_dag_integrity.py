@@ -69,11 +69,12 @@ def test_the_approval_asks_ok_or_cancel_and_cancels_when_the_time_is_up(dagbag: 
 def test_confirm_send_form(dagbag: DagBag) -> None:
     params = dagbag.get_dag("confirm_send").params
     assert "confirm" not in params, "the OK is asked inside the run, after validation, not ticked in the form"
-    names = ("delivery_id", "chunk_size", "confirm_timeout")
+    names = ("delivery_id", "chunk_size", "max_rate", "confirm_timeout")
     schema = {name: params.get_param(name).schema for name in names}
     assert schema["delivery_id"]["type"] == "integer"
     assert schema["confirm_timeout"]["type"] == "integer" and schema["confirm_timeout"]["minimum"] == 1
     assert params["confirm_timeout"] == 3600, "one hour to answer by default"
+    assert params["max_rate"] is None and schema["max_rate"]["minimum"] == 1, "no rate limit unless asked"
     assert all(s.get("title") for s in schema.values())
     assert all(params.get_param(name).description for name in schema)
 

@@ -83,6 +83,7 @@ def test_the_request_shows_the_delivery_as_it_will_be_sent(campaign_db, ready_de
         "| Will be sent to | **9 recipients** |",
         "| Tracking | on, 2 tracked links |",
         "| Chunks | 3 of up to 5 recipients |",
+        "| Rate limit | none |",
         "| Estimated duration | unknown: no earlier send on this deployment to measure a rate from |",
     ):
         assert row in body, row
@@ -132,6 +133,21 @@ def test_the_estimate_comes_from_the_last_sends_of_the_deployment(campaign_db, r
 
     assert request.estimate == approval.Estimate(30 / 50, 50, 2)
     assert "about 1 s (at 50 recipients/s, the rate of the last 2 sends)" in request.body("alice", HOUR)
+
+
+def test_a_rate_limit_below_the_measured_rate_sets_the_estimate(campaign_db, ready_delivery) -> None:
+    engine = campaign_db.engine
+    delivery_id = ready_delivery(engine, recipients=30, max_rate=600)  # 10 a minute
+    chunks = plan_chunks(30, None, 1024)
+
+    own = approval.approval_request(engine, delivery_id, chunks, URL.format(delivery_id))
+    from_form = approval.approval_request(engine, delivery_id, chunks, URL.format(delivery_id), max_rate=3_600)
+
+    assert (own.max_rate, own.estimate.seconds) == (600, pytest.approx(180))
+    body = own.body("alice", HOUR)
+    assert "| Rate limit | 600 messages an hour |" in body
+    assert "| Estimated duration | about 3 min (at the rate limit) |" in body
+    assert (from_form.max_rate, from_form.estimate.seconds) == (3_600, pytest.approx(30))
 
 
 @pytest.mark.parametrize(
