@@ -183,12 +183,13 @@ class LiveAirflow(AirflowClient):
         assert answered.status_code == 200, answered.text
         return run_id, self.wait_for_run(run_id, user)
 
-    def task_log(self, run_id: str, task_id: str, try_number: int, user: str = "alice") -> str:
+    def task_log(self, run_id: str, task_id: str, try_number: int, user: str = "alice", map_index: int = -1) -> str:
         response = self.api(
             "GET",
             f"/dags/confirm_send/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
             user,
             headers={"Accept": "application/json"},
+            params={"map_index": map_index},
         )
         return json.dumps(response.json())
 

@@ -66,12 +66,14 @@ def test_only_the_operator_who_started_the_run_can_answer_ok(live_airflow):
     audience = fresh_delivery(engine, good=30, hard=1)
     accepted_before = _accepted(live_airflow)
 
-    run_id = live_airflow.trigger("alice", {"delivery_id": audience.delivery_id, "chunk_size": 10})
+    # With a rate limit of 36,000 an hour (10 a second) for this send, from the trigger form.
+    conf = {"delivery_id": audience.delivery_id, "chunk_size": 10, "max_rate": 36_000}
+    run_id = live_airflow.trigger("alice", conf)
     asked = live_airflow.wait_for_approval(run_id, "alice")
 
     assert asked["subject"] == f"Send delivery {audience.delivery_id} 'E2E delivery' to 31 recipients?"
     for shown in ("| Subject (first recipient) | Offer for First0 |", "| Will be sent to | **31 recipients** |",
-                  "| Chunks | 4 of up to 10 recipients |",
+                  "| Chunks | 4 of up to 10 recipients |", "| Rate limit | 36,000 messages an hour |",
                   f"/campaign-deployment/deliveries/{audience.delivery_id})"):  # fmt: skip
         assert shown in asked["body"], shown
     assert asked["options"] == ["OK, send definitively", "Cancel"]
@@ -94,6 +96,8 @@ def test_only_the_operator_who_started_the_run_can_answer_ok(live_airflow):
     assert {address: received[address] for address in audience.good} == {address: 1 for address in audience.good}
     delivery = delivery_row(engine, audience.delivery_id)
     assert (delivery["status"], delivery["confirmed_by"], delivery["run_id"]) == ("sent", "alice", run_id)
+    assert delivery["max_rate"] == 36_000
+    assert "rate limit 36,000/h for the delivery" in live_airflow.task_log(run_id, "send_chunk", 1, map_index=0)
     kpis = kpi_row(engine, audience.delivery_id)
     assert (kpis["to_deliver"], kpis["delivered"], kpis["hard_bounces"]) == (31, 30, 1)
     trail = [(row["action"], row["actor"]) for row in approval.audit_trail(engine, audience.delivery_id)]
