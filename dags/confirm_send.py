@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from campaign import approval, confirm, operators, stats
+from campaign import approval, confirm, stats
 from campaign.airflow_glue import SendApproval, campaign_engine, campaign_smtp, max_map_length, says_why
 from campaign.sending import send_chunk as send_chunk_of_delivery
 from dag_defaults import DEFAULT_ARGS
@@ -76,8 +76,9 @@ def confirm_send():
     @says_why
     def check_role() -> None:
         started = time.monotonic()
-        context = get_current_context()
-        operator = operators.require_start_deliveries(campaign_engine(), context["dag_run"].triggering_user_name)
+        params, run_id = _run_params()
+        user = get_current_context()["dag_run"].triggering_user_name
+        operator = approval.require_sender(campaign_engine(), user, params.get("delivery_id"), run_id)
         log.info("check_role: %s holds Start deliveries (%.2fs)", operator, time.monotonic() - started)
 
     @task

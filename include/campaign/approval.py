@@ -33,8 +33,8 @@ from campaign.clock import as_datetime, utcnow
 from campaign.confirm import Chunk, first_target
 from campaign.db import sql
 from campaign.deliveries import get_delivery
-from campaign.errors import InvalidInput, SendRefused
-from campaign.operators import has_role
+from campaign.errors import InvalidInput, RoleDenied, SendRefused
+from campaign.operators import has_role, require_start_deliveries
 from campaign.rendering import compile_templates, recipient_context, render
 from campaign.schema import ROLE_START_DELIVERIES
 from campaign.tracking import extract_links
@@ -277,6 +277,22 @@ def answer_approval(
     line = f"Confirmed by {responder} at {when}: '{OK}'."
     record(engine, delivery_id, run_id, "confirmed", responder, line)
     return Answer(True, line)
+
+
+def require_sender(engine: Engine, login: str | None, delivery_id: Any, run_id: str) -> str:
+    """``check_role``: the run's triggering user must hold Start deliveries
+    (``operators.require_start_deliveries``); a refusal is also put on the audit trail of the
+    delivery the run named, when it exists, so the data team sees who tried to send what.
+    Returns the login; raises ``RoleDenied``."""
+    try:
+        return require_start_deliveries(engine, login)
+    except RoleDenied as exc:
+        if isinstance(delivery_id, int) and not isinstance(delivery_id, bool):
+            with engine.begin() as conn:
+                exists = conn.execute(sql("select_delivery_exists"), {"delivery_id": delivery_id}).first()
+            if exists:
+                record(engine, delivery_id, run_id, "role_refused", login, str(exc))
+        raise
 
 
 def last_action(engine: Engine, delivery_id: int, run_id: str) -> dict[str, Any] | None:

@@ -39,9 +39,9 @@ DELIVERY_STATUSES = ("draft", "ready", "sending", "sent", "failed")
 LOG_STATUSES = ("sent", "bounced", "failed", "ignored")
 FAILURE_TYPES = ("hard", "soft")
 EVENT_TYPES = ("open", "click", "unsubscribe")
-# What the delivery_audit trail records (campaign.approval): the approval asked of the operator
-# and its outcome.
-AUDIT_ACTIONS = ("approval_asked", "confirmed", "cancelled", "timed_out", "answer_refused")
+# What the delivery_audit trail records (campaign.approval): a trigger refused for want of the
+# role, the approval asked of the operator, and its outcome.
+AUDIT_ACTIONS = ("role_refused", "approval_asked", "confirmed", "cancelled", "timed_out", "answer_refused")
 
 # Auto-increment keys: BIGINT on PostgreSQL, INTEGER PRIMARY KEY (the rowid) on SQLite.
 Id = BigInteger().with_variant(Integer, "sqlite")

@@ -57,6 +57,8 @@ def test_operator_without_the_role_is_refused_before_any_approval(live_airflow):
     assert _accepted(live_airflow) == accepted_before
     assert delivery_row(engine, audience.delivery_id)["status"] == "ready"
     assert broad_logs(engine, audience.delivery_id) == {}
+    trail = [(r["action"], r["actor"], r["run_id"]) for r in approval.audit_trail(engine, audience.delivery_id)]
+    assert trail == [("role_refused", "bob", run_id)], "who tried to send what"
 
 
 def test_only_the_operator_who_started_the_run_can_answer_ok(live_airflow):

@@ -11,7 +11,7 @@ from testsupport import start_confirmed_send
 from campaign import approval, operators
 from campaign.confirm import plan_chunks, start_send
 from campaign.deliveries import load_delivery
-from campaign.errors import InvalidInput, SendRefused
+from campaign.errors import InvalidInput, RoleDenied, SendRefused
 from campaign.schema import ROLE_START_DELIVERIES, deliveries, delivery_kpis, profiles
 
 URL = "http://airflow.test/campaign-deployment/deliveries/{}"
@@ -341,6 +341,29 @@ def test_the_audit_trail_lists_every_action_in_order(campaign_db, ready_delivery
         ("confirmed", "run-B"),
     ]
     assert all(datetime.fromisoformat(r["at"]).tzinfo is not None for r in trail)
+
+
+def test_a_trigger_refused_for_want_of_the_role_is_on_the_audit(campaign_db, ready_delivery) -> None:
+    engine = campaign_db.engine
+    delivery_id = ready_delivery(engine)
+    _operator(engine, "bob", role=False)
+    _operator(engine, "alice")
+
+    with pytest.raises(RoleDenied) as excinfo:
+        approval.require_sender(engine, "bob", delivery_id, "run-B")
+    with pytest.raises(RoleDenied):
+        approval.require_sender(engine, None, delivery_id, "run-C")  # started by the CLI: no user
+    for unknown in (987_654, "1", None):  # nothing to put it on
+        with pytest.raises(RoleDenied):
+            approval.require_sender(engine, "bob", unknown, "run-D")
+
+    assert approval.require_sender(engine, "alice", delivery_id, "run-A") == "alice"
+    trail = approval.audit_trail(engine, delivery_id)
+    assert [(r["action"], r["actor"], r["run_id"]) for r in trail] == [
+        ("role_refused", "bob", "run-B"),
+        ("role_refused", None, "run-C"),
+    ]
+    assert trail[0]["detail"] == str(excinfo.value)
 
 
 @pytest.mark.parametrize("value", [0, -5, 1.5, "60", True, None])

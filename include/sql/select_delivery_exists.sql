@@ -1,0 +1,1 @@
+SELECT 1 AS found FROM deliveries WHERE id = :delivery_id
