@@ -120,19 +120,11 @@ def confirm_send():
     @says_why
     def plan_chunks() -> list[dict[str, int]]:
         params, _ = _run_params()
-        count = confirm.target_count(campaign_engine(), params["delivery_id"])
-        chunk_size, slots = params.get("chunk_size"), confirm.pool_slots_setting()
-        chunks = confirm.plan_chunks(count, chunk_size, max_map_length(), slots)
-        log.info(
-            "plan_chunks: %s recipients in %s chunks of up to %s (%s)",
-            count,
-            len(chunks),
-            chunks[0].last_seq - chunks[0].first_seq + 1 if chunks else 0,
-            f"chunk_size {chunk_size} from the trigger form"
-            if chunk_size is not None
-            else f"sized for {slots} slots of pool campaign_smtp",
+        plan = confirm.plan_delivery(
+            campaign_engine(), params["delivery_id"], params.get("chunk_size"), max_map_length()
         )
-        return [chunk.as_xcom() for chunk in chunks]
+        log.info(plan.summary_line())
+        return [chunk.as_xcom() for chunk in plan.chunks]
 
     @task(
         multiple_outputs=False,

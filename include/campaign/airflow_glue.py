@@ -7,6 +7,7 @@ import logging
 import smtplib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 from airflow.providers.smtp.hooks.smtp import SmtpHook
@@ -120,6 +121,10 @@ def deployment_page_url(delivery_id: int) -> str:
     return f"{base_path}/campaign-deployment/deliveries/{delivery_id}"
 
 
+def _confirm_timeout(params: Any) -> timedelta:
+    return approval.confirm_timeout(params.get("confirm_timeout", approval.DEFAULT_CONFIRM_TIMEOUT_SECONDS))
+
+
 class SendApproval(HITLOperator, SkipMixin):
     """The seed's "finalize the send definitively by clicking OK" as an Airflow human-in-the-loop
     task (Airflow 3.3: the task waits in state ``awaiting_input``, holding no worker and no pool
@@ -148,22 +153,17 @@ class SendApproval(HITLOperator, SkipMixin):
         params, run = context["params"], context["dag_run"]
         operator = run.triggering_user_name
         try:
-            timeout = approval.confirm_timeout(params.get("confirm_timeout", approval.DEFAULT_CONFIRM_TIMEOUT_SECONDS))
+            timeout = _confirm_timeout(params)
             engine = campaign_engine()
             # Each try asks only for a delivery still ready: a retry can come after another run
             # has sent it, or after the delivery changed (validate's sentences).
             confirm.validate_delivery(engine, params["delivery_id"])
             previous = approval.last_action(engine, params["delivery_id"], run.run_id)
-            chunks = confirm.plan_chunks(
-                confirm.target_count(engine, params["delivery_id"]),
-                params.get("chunk_size"),
-                max_map_length(),
-                confirm.pool_slots_setting(),
-            )
+            plan = confirm.plan_delivery(engine, params["delivery_id"], params.get("chunk_size"), max_map_length())
             request = approval.approval_request(
                 engine,
                 params["delivery_id"],
-                chunks,
+                plan.chunks,
                 deployment_page_url(params["delivery_id"]),
                 params.get("max_rate"),
             )
@@ -208,7 +208,7 @@ class SendApproval(HITLOperator, SkipMixin):
                 responder,
                 event.get("responded_at"),
                 bool(event.get("timedout")),
-                approval.confirm_timeout(params.get("confirm_timeout", approval.DEFAULT_CONFIRM_TIMEOUT_SECONDS)),
+                _confirm_timeout(params),
             )
         except CampaignError as exc:
             log.error("approve_send: %s", exc)

@@ -158,6 +158,41 @@ def plan_chunks(
     ]
 
 
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How a delivery's prepared target is cut into chunks: what plan_chunks returns and the
+    approval shows."""
+
+    target_count: int
+    chunk_size: int | None  # from the trigger form; None: sized from the pool
+    pool_slots: int
+    chunks: list[Chunk]
+
+    @property
+    def largest(self) -> int:
+        return max((c.last_seq - c.first_seq + 1 for c in self.chunks), default=0)
+
+    def summary_line(self) -> str:
+        """plan_chunks' log line: recipients, chunks, their size and where the size came from."""
+        origin = (
+            f"chunk_size {self.chunk_size} from the trigger form"
+            if self.chunk_size is not None
+            else f"sized for {self.pool_slots} slots of pool campaign_smtp"
+        )
+        return (
+            f"plan_chunks: {self.target_count} recipients in {len(self.chunks)} "
+            f"chunk{'s' if len(self.chunks) != 1 else ''} of up to "
+            f"{self.largest} ({origin})"
+        )
+
+
+def plan_delivery(engine: Engine, delivery_id: int, chunk_size: int | None, max_map_length: int) -> ChunkPlan:
+    """``plan_chunks`` for the delivery's prepared target, with the pool's slots as the
+    deployment declares them (``pool_slots_setting``)."""
+    count, slots = target_count(engine, delivery_id), pool_slots_setting()
+    return ChunkPlan(count, chunk_size, slots, plan_chunks(count, chunk_size, max_map_length, slots))
+
+
 def auto_chunk_size(target_count: int, pool_slots: int) -> int:
     """Recipients per chunk when the operator gives none: from the target size and the slots of
     the pool ``campaign_smtp`` (how many chunks send at once).

@@ -17,6 +17,7 @@ from campaign.confirm import (
     auto_chunk_size,
     format_kpi_table,
     plan_chunks,
+    plan_delivery,
     pool_slots_setting,
     start_send,
     validate_delivery,
@@ -154,6 +155,23 @@ def test_plan_chunks_refuses_a_chunk_size_below_one(size: int) -> None:
 def test_plan_chunks_refuses_a_zero_chunk_size() -> None:
     with pytest.raises(InvalidInput, match="chunk_size must be at least 1, got 0"):
         plan_chunks(10, 0, 1024)
+
+
+def test_plan_delivery_cuts_the_prepared_target_and_says_how(campaign_db, ready_delivery, monkeypatch) -> None:
+    monkeypatch.setenv("CAMPAIGN_SMTP_POOL_SLOTS", "3")
+    delivery_id = ready_delivery(campaign_db.engine, recipients=7)
+
+    given = plan_delivery(campaign_db.engine, delivery_id, 3, 1024)
+    sized = plan_delivery(campaign_db.engine, delivery_id, None, 1024)
+
+    assert [(c.first_seq, c.last_seq) for c in given.chunks] == [(1, 3), (4, 6), (7, 7)]
+    assert given.summary_line() == (
+        "plan_chunks: 7 recipients in 3 chunks of up to 3 (chunk_size 3 from the trigger form)"
+    )
+    assert (
+        sized.summary_line()
+        == "plan_chunks: 7 recipients in 1 chunk of up to 7 (sized for 3 slots of pool campaign_smtp)"
+    )
 
 
 # ---------------------------------------------------------------- validate_delivery
