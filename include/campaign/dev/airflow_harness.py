@@ -97,33 +97,42 @@ class AirflowClient:
     def approve(self, run_id: str, user: str, option: str, attempts: int = 3) -> httpx.Response:
         """Wait for the approval, answer it and make sure the answer took; the last response.
 
-        An answer took when the task ends with the try it was given to. Airflow 3.3.2 can lose an
-        answer (see ``wait_for_approval``): the task then goes up for retry and a later try asks
-        again, and this answers that one. A refused answer (403, 409, …) is returned at once.
+        Airflow 3.3.2 can lose an answer (see ``wait_for_approval``): the task then goes up for
+        retry and a later try asks again, and this answers that one. A refused answer (403, 409, …)
+        is returned at once.
         """
-        task_path = f"/dags/confirm_send/dagRuns/{quote(run_id, safe='')}/taskInstances/approve_send"
         for _ in range(attempts):
             asked_in = self.wait_for_approval(run_id, user)["task_instance"]["try_number"]
             response = self.answer(run_id, user, option)
-            if response.status_code != 200:
-                return response
-
-            def outcome(asked_in: int = asked_in) -> str | None:
-                task = self.api("GET", task_path, user).json()
-                if task["try_number"] > asked_in or task["state"] == "up_for_retry":
-                    return "lost"
-                return "took" if task["state"] in ("success", "failed", "skipped", "upstream_failed") else None
-
-            if wait_until(outcome, 120, 0.5, f"the answer to run {run_id} to take") == "took":
+            if response.status_code != 200 or self.answer_took(run_id, user, asked_in):
                 return response
         raise RuntimeError(f"Airflow lost {attempts} answers in a row to the approval of run {run_id}")
+
+    def answer_took(self, run_id: str, user: str, asked_in: int, timeout: float = 120) -> bool:
+        """Whether the answer given to try ``asked_in`` of the approval took: the task ends with
+        that try (True), or Airflow lost the answer and the task goes up for retry to ask again
+        (False)."""
+        task_path = f"/dags/confirm_send/dagRuns/{quote(run_id, safe='')}/taskInstances/approve_send"
+
+        def outcome() -> str | None:
+            task = self.api("GET", task_path, user).json()
+            if task["try_number"] > asked_in or task["state"] == "up_for_retry":
+                return "lost"
+            return "took" if task["state"] in ("success", "failed", "skipped", "upstream_failed") else None
+
+        return wait_until(outcome, timeout, 0.5, f"the answer to run {run_id} to take") == "took"
 
     def wait_for_run(self, run_id: str, user: str = "alice", dag_id: str = "confirm_send", timeout: float = 240):
         def finished():
             run = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}", user).json()
             return run if run["state"] in ("success", "failed") else None
 
-        return wait_until(finished, timeout, 1, f"run {run_id} to finish")
+        try:
+            return wait_until(finished, timeout, 1, f"run {run_id} to finish")
+        except TimeoutError as exc:  # say where the run stands, not only that it did not end
+            tasks = self.task_instances(run_id, user, dag_id)
+            states = ", ".join(f"{t['task_id']}[{t['map_index']}] {t['state']} (try {t['try_number']})" for t in tasks)
+            raise TimeoutError(f"{exc}; its tasks: {states}") from None
 
     def wait_idle(self, user: str, timeout: float = 180) -> None:
         """Wait until no DAG run is queued or running, e.g. the hourly run a fresh scheduler starts."""
