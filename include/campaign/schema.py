@@ -35,13 +35,20 @@ metadata = MetaData()
 ROLE_START_DELIVERIES = "start_deliveries"
 KNOWN_ROLES = (ROLE_START_DELIVERIES, "prepare_deliveries", "approve_deliveries")
 
-DELIVERY_STATUSES = ("draft", "ready", "sending", "sent", "failed")
-LOG_STATUSES = ("sent", "bounced", "failed", "ignored")
+# paused: held by an operator or the automatic brake, resumed later; stopping: a stop was asked
+# and the run is ending; stopped: ended by a stop, the rest cancelled (campaign.controls).
+DELIVERY_STATUSES = ("draft", "ready", "sending", "paused", "stopping", "stopped", "sent", "failed")
+# cancelled: not processed because the send was stopped; not counted in processed.
+LOG_STATUSES = ("sent", "bounced", "failed", "ignored", "cancelled")
 FAILURE_TYPES = ("hard", "soft")
 EVENT_TYPES = ("open", "click", "unsubscribe")
-# What the delivery_audit trail records (campaign.approval): a trigger refused for want of the
-# role, the approval asked of the operator, and its outcome.
-AUDIT_ACTIONS = ("role_refused", "approval_asked", "confirmed", "cancelled", "timed_out", "answer_refused")
+# What the delivery_audit trail records: a trigger refused for want of the role, the approval
+# asked of the operator, and its outcome (campaign.approval); every change of a send's state, by
+# an operator or the automatic brake (campaign.controls).
+AUDIT_ACTIONS = (
+    "role_refused", "approval_asked", "confirmed", "cancelled", "timed_out", "answer_refused",
+    "paused", "auto_paused", "resumed", "stopped",
+)  # fmt: skip
 
 # Auto-increment keys: BIGINT on PostgreSQL, INTEGER PRIMARY KEY (the rowid) on SQLite.
 Id = BigInteger().with_variant(Integer, "sqlite")
@@ -97,6 +104,13 @@ deliveries = Table(
     Column("html_template", Text, nullable=False),
     Column("tracking", Boolean, nullable=False, server_default=true()),
     Column("max_rate", Integer, comment="messages an hour across all chunks (campaign.pacing); NULL = no limit"),
+    Column("brake_threshold", Float, comment="automatic pause above this bounce + error rate, percent; NULL = 30"),
+    Column("brake_window", Integer, comment="over the last so many processed messages; NULL = 500"),
+    Column(
+        "brake_after_log_id",
+        BigInteger,
+        comment="the brake counts sending-log rows after this id: the last one when the send was resumed",
+    ),
     Column("status", String(16), nullable=False, server_default="draft"),
     Column("target_count", Integer),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -161,6 +175,8 @@ broad_logs = Table(
 # Covers every sending-log count of compute_delivery_kpis.sql: KPIs never read a broad_logs row.
 Index("broad_logs_delivery_outcome", broad_logs.c.delivery_id, broad_logs.c.status, broad_logs.c.failure_type)
 Index("broad_logs_profile", broad_logs.c.profile_id)
+# The automatic brake's window: the latest rows of a delivery, newest first (select_brake_window.sql).
+Index("broad_logs_delivery_recent", broad_logs.c.delivery_id, broad_logs.c.id, postgresql_include=["status"])
 
 tracking_logs = Table(
     "tracking_logs",
@@ -265,6 +281,7 @@ delivery_kpis = Table(
     Column("soft_bounces", Integer, nullable=False),
     Column("errors", Integer, nullable=False),
     Column("ignored", Integer, nullable=False),
+    Column("cancelled", Integer, server_default="0", comment="not processed: the send was stopped"),
     Column("processed", Integer, nullable=False),
     Column("delivered_rate", Float, comment="delivered / processed; NULL when nothing was processed"),
     Column("bounce_error_rate", Float, comment="bounces_errors / processed"),
