@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
+from campaign import controls
 from campaign.clock import utcnow
 from campaign.db import sql
 from campaign.deliveries import Delivery, get_delivery, load_delivery
@@ -239,11 +240,23 @@ def target_count(engine: Engine, delivery_id: int) -> int:
         return conn.execute(sql("count_delivery_targets"), {"delivery_id": delivery_id}).scalar_one()
 
 
-def finish_send(engine: Engine, delivery_id: int, run_id: str, kpis: dict[str, Any]) -> str:
-    """Mark the delivery sent when every target has a sending-log row, failed otherwise."""
-    served = kpis["processed"] + kpis["ignored"]
-    status = "sent" if served == kpis["to_deliver"] else "failed"
+def cancel_if_stopped(engine: Engine, delivery_id: int, run_id: str) -> int:
+    """When an operator stopped the send (status ``stopping``), give every recipient still
+    without a sending-log row a ``cancelled`` row; returns how many (0 when not stopped)."""
     with engine.begin() as conn:
+        state = controls.send_state(conn, delivery_id)
+        if state.status != "stopping" or state.run_id != run_id:
+            return 0
+        return controls.cancel_unprocessed(conn, delivery_id, run_id)
+
+
+def finish_send(engine: Engine, delivery_id: int, run_id: str, kpis: dict[str, Any]) -> str:
+    """Close the send: ``stopped`` when an operator stopped it, else ``sent`` when every target
+    has a sending-log row, ``failed`` otherwise. Returns the status."""
+    served = kpis["processed"] + kpis["ignored"]
+    with engine.begin() as conn:
+        stopping = controls.send_state(conn, delivery_id).status == "stopping"
+        status = "stopped" if stopping else "sent" if served == kpis["to_deliver"] else "failed"
         conn.execute(
             sql("finish_delivery"),
             {"delivery_id": delivery_id, "run_id": run_id, "status": status, "now": utcnow()},
@@ -265,7 +278,7 @@ def require_owned_by_run(engine: Engine, delivery_id: int, run_id: str) -> None:
 
 
 def raise_unserved(delivery_id: int, kpis: dict[str, Any]) -> None:
-    unserved = kpis["to_deliver"] - kpis["processed"] - kpis["ignored"]
+    unserved = kpis["to_deliver"] - kpis["processed"] - kpis["ignored"] - kpis["cancelled"]
     raise IncompleteSend(
         f"Delivery {delivery_id} is marked failed: {unserved} of {kpis['to_deliver']} recipients have no "
         "sending-log row because a send_chunk task failed for good. Clear the failed send_chunk tasks of "
@@ -288,6 +301,7 @@ def format_kpi_table(kpis: dict[str, Any]) -> str:
         ("  soft bounces", kpis["soft_bounces"]),
         ("  errors", kpis["errors"]),
         ("ignored", kpis["ignored"]),
+        ("cancelled (stopped)", kpis["cancelled"]),
         ("delivered rate", pct(kpis["delivered_rate"])),
         ("bounce + error rate", pct(kpis["bounce_error_rate"])),
         ("open rate", pct(kpis["open_rate"])),

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from campaign import controls
 from campaign.clock import utcnow
 from campaign.db import sql
 from campaign.deliveries import Delivery, load_delivery
@@ -49,6 +50,12 @@ DEFAULT_SOFT_RETRY_DELAYS = (2.0, 5.0)
 # So many permanent refusals of the message itself in a row mean the relay rejects the delivery
 # (content, policy, server fault), not the recipients: stop before quarantining the whole audience.
 MAX_CONSECUTIVE_MESSAGE_REFUSALS = 20
+# How often a chunk looks at the delivery's controls (pause, stop, the automatic brake): the
+# delay before a pause or a stop takes effect, for one primary-key read a second.
+CONTROL_CHECK_SECONDS = 1.0
+# A chunk started (or retried) while its delivery is in one of these checks the controls first
+# and sends nothing.
+HELD_STATUSES = ("paused", "stopping", "stopped")
 
 
 @dataclass
@@ -62,6 +69,7 @@ class ChunkResult:
     peak_rss_mib: float | None = None
     max_rate: int | None = None  # the delivery's rate limit, messages an hour
     paced_seconds: float = 0.0  # seconds this chunk waited for the rate limit
+    held: str | None = None  # why the chunk ended early: the delivery was paused or stopped
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -75,6 +83,7 @@ class ChunkResult:
             "reconnects": self.reconnects,
             "peak_rss_mib": self.peak_rss_mib,
             "paced_seconds": round(self.paced_seconds, 3),
+            "held": self.held,
         }
 
     def summary_line(self) -> str:
@@ -91,7 +100,7 @@ class ChunkResult:
             f"send_chunk: seq {self.first_seq}-{self.last_seq} sent={self.counts['sent']} "
             f"bounced={self.counts['bounced']} failed={self.counts['failed']} ignored={self.counts['ignored']} "
             f"in {self.seconds:.2f}s ({rate:.0f} recipients/s), {self.reconnects} reconnections, "
-            f"peak memory {memory}{paced}"
+            f"peak memory {memory}{paced}" + (f"; ended early: {self.held}" if self.held else "")
         )
 
 
@@ -120,6 +129,16 @@ def messages_per_connection_setting() -> int:
     """``CAMPAIGN_SMTP_MESSAGES_PER_CONNECTION``: a new SMTP session after so many messages, for
     relays that cap sessions (default 0: as many as the relay takes; a 421 reconnects anyway)."""
     return whole_number(MESSAGES_PER_CONNECTION_ENV, 0, minimum=0, what="a whole number >= 0")
+
+
+class ChunkHeld(Exception):
+    """The delivery was paused (by an operator or the automatic brake) or stopped while this
+    chunk sent: its rows are committed, and ``result`` says what it did before. ``paused`` tells
+    whether it should come back (paused) or end for good (stopped)."""
+
+    def __init__(self, result: ChunkResult, reason: str, paused: bool, state: controls.SendState) -> None:
+        super().__init__(reason)
+        self.result, self.reason, self.paused, self.state = result, reason, paused, state
 
 
 @dataclass
@@ -169,6 +188,8 @@ class _ChunkSender:
         self.consecutive_message_refusals = 0
         self.buffer: list[dict[str, Any]] = []
         self.to_quarantine: list[dict[str, Any]] = []
+        self.controls_checked = time.monotonic()
+        self.unbraked_failures = 0  # bounces and errors recorded since the last brake check
 
     def use_relay(self, relay: RelaySession | None) -> None:
         """Build messages for this relay session.
@@ -241,6 +262,8 @@ class _ChunkSender:
                 {"profile_id": recipient["profile_id"], "reason": f"hard bounce {code}: {reply}", "now": now}
             )
         self.result.counts[status] += 1
+        if status in ("bounced", "failed"):
+            self.unbraked_failures += 1
         if len(self.buffer) >= self.commit_every:
             self.flush()
 
@@ -253,6 +276,28 @@ class _ChunkSender:
                 conn.execute(sql("quarantine_profile"), self.to_quarantine)
         self.buffer.clear()
         self.to_quarantine.clear()
+
+    def between_messages(self) -> None:
+        """Look at the delivery's controls once every ``CONTROL_CHECK_SECONDS``."""
+        if time.monotonic() - self.controls_checked >= CONTROL_CHECK_SECONDS:
+            self.check_controls()
+
+    def check_controls(self) -> None:
+        """Raise ``ChunkHeld`` once the delivery is paused or stopped, after committing this
+        chunk's rows; first let the automatic brake read them when they include a failure."""
+        self.controls_checked = time.monotonic()
+        if self.unbraked_failures:
+            self.flush()
+            self.unbraked_failures = 0
+            reading = controls.check_brake(self.engine, self.delivery.id, self.run_id)
+            if reading is not None:
+                log.warning("send_chunk: delivery %s paused itself: %s", self.delivery.id, reading.sentence())
+        with self.engine.begin() as conn:
+            state = controls.send_state(conn, self.delivery.id)
+        if state.status in ("paused", "stopping", "stopped"):
+            self.flush()
+            why = controls.last_control(self.engine, self.delivery.id) or f"the delivery is {state.status}"
+            raise ChunkHeld(self.result, why, state.status == "paused", state)
 
     def prepare(self, recipient: dict[str, Any]) -> BuiltMessage | None:
         """The message for a recipient, or None when the recipient was recorded without sending."""
@@ -397,16 +442,52 @@ def send_chunk(
     unreachable (what was sent is recorded), ``PermanentError`` when the relay refuses the
     sender or the message itself again and again, ``SendConflict`` when the run does not own
     the delivery.
+
+    Between messages, once a second (``CONTROL_CHECK_SECONDS``), the chunk reads the delivery's
+    controls (``campaign.controls``). Paused: it commits its rows and raises ``ChunkHeld``
+    (``paused`` true) for the caller to give its slots back and come again. Stopped: it commits
+    and returns, ``held`` saying why. A chunk that starts while its delivery is held sends nothing.
     """
     started = time.monotonic()
     delivery = load_delivery(engine, delivery_id)
-    if delivery.run_id != run_id or delivery.status not in ("sending", "failed"):
+    if delivery.run_id != run_id or delivery.status not in ("sending", "failed", *HELD_STATUSES):
         raise SendConflict(
             f"Delivery {delivery_id} is {delivery.status} and owned by run {delivery.run_id!r}, "
             f"not by this run ({run_id!r}); this chunk sends nothing."
         )
     result = ChunkResult(first_seq, last_seq)
     sender = _ChunkSender(engine, delivery, run_id, result, commit_every)
+    try:
+        sender.check_controls()  # a chunk of a paused or stopped send does not start
+        _send_targets(sender, first_seq, last_seq, smtp_factory, page_size, soft_retry_delays, reconnect_delays)
+    except ChunkHeld as held:
+        result.held = held.reason
+        _finish_result(result, sender, delivery, started)
+        if held.paused:
+            raise
+        return result  # stopped: the run's aggregate_kpis cancels the rest
+    _finish_result(result, sender, delivery, started)
+    return result
+
+
+def _finish_result(result: ChunkResult, sender: _ChunkSender, delivery: Delivery, started: float) -> None:
+    if sender.pacer is not None:
+        result.max_rate, result.paced_seconds = delivery.max_rate, sender.pacer.waited
+    result.peak_rss_mib = peak_rss_mib()
+    result.seconds = time.monotonic() - started
+
+
+def _send_targets(
+    sender: _ChunkSender,
+    first_seq: int,
+    last_seq: int,
+    smtp_factory: SmtpFactory,
+    page_size: int,
+    soft_retry_delays: tuple[float, ...],
+    reconnect_delays: tuple[float, ...] | None,
+) -> None:
+    engine, delivery_id = sender.engine, sender.delivery.id
+    result = sender.result
     pending: list[_Pending] = []
     relay = RelaySession(
         smtp_factory,
@@ -418,6 +499,7 @@ def send_chunk(
             sender.use_relay(relay)
             for page in _target_pages(engine, delivery_id, first_seq, last_seq, page_size):
                 for recipient in page:
+                    sender.between_messages()
                     message = sender.prepare(recipient)
                     if message is not None:
                         deferred = sender.attempt(relay, recipient, message, attempts=1)
@@ -427,7 +509,9 @@ def send_chunk(
             for delay in soft_retry_delays:
                 if not pending:
                     break
+                sender.check_controls()  # paused: the pending recipients have no row, the resumed chunk sends them
                 time.sleep(delay)
+                sender.check_controls()
                 still_pending = []
                 for item in pending:
                     deferred = sender.attempt(relay, item.recipient, item.message, item.attempts + 1)
@@ -448,9 +532,5 @@ def send_chunk(
     except BaseException:
         sender.flush()
         raise
-    result.reconnects = relay.reconnects
-    if sender.pacer is not None:
-        result.max_rate, result.paced_seconds = delivery.max_rate, sender.pacer.waited
-    result.peak_rss_mib = peak_rss_mib()
-    result.seconds = time.monotonic() - started
-    return result
+    finally:
+        result.reconnects = relay.reconnects

@@ -25,8 +25,8 @@ from campaign.schema import deliveries, delivery_kpis
 
 DEFAULT_LAG_SECONDS = 30.0
 KPI_COLUMNS = (
-    "to_deliver", "delivered", "bounces_errors", "hard_bounces", "soft_bounces", "errors", "ignored", "processed",
-    "delivered_rate", "bounce_error_rate", "unique_opens", "open_rate", "unique_clicks", "clicks",
+    "to_deliver", "delivered", "bounces_errors", "hard_bounces", "soft_bounces", "errors", "ignored", "cancelled",
+    "processed",    "delivered_rate", "bounce_error_rate", "unique_opens", "open_rate", "unique_clicks", "clicks",
     "click_through_rate",
 )  # fmt: skip
 

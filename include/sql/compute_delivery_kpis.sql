@@ -13,10 +13,12 @@ WITH logs AS MATERIALIZED (
         (SELECT COUNT(*) FROM broad_logs
          WHERE delivery_id = :delivery_id AND status = 'bounced' AND failure_type = 'soft') AS soft_bounces,
         (SELECT COUNT(*) FROM broad_logs WHERE delivery_id = :delivery_id AND status = 'failed') AS errors,
-        (SELECT COUNT(*) FROM broad_logs WHERE delivery_id = :delivery_id AND status = 'ignored') AS ignored
+        (SELECT COUNT(*) FROM broad_logs WHERE delivery_id = :delivery_id AND status = 'ignored') AS ignored,
+        (SELECT COUNT(*) FROM broad_logs WHERE delivery_id = :delivery_id AND status = 'cancelled') AS cancelled
 ),
 counts AS MATERIALIZED (
-    SELECT total - bounces - errors - ignored AS delivered, bounces, hard_bounces, soft_bounces, errors, ignored
+    SELECT total - bounces - errors - ignored - cancelled AS delivered,
+           bounces, hard_bounces, soft_bounces, errors, ignored, cancelled
     FROM logs
 ),
 targets AS (
@@ -42,6 +44,7 @@ SELECT
     counts.soft_bounces,
     counts.errors,
     counts.ignored,
+    counts.cancelled,
     counts.delivered + counts.bounces + counts.errors AS processed,
     CAST(counts.delivered AS DOUBLE PRECISION)
         / NULLIF(counts.delivered + counts.bounces + counts.errors, 0) AS delivered_rate,

@@ -1,9 +1,9 @@
 INSERT INTO delivery_kpis (delivery_id, to_deliver, delivered, bounces_errors, hard_bounces, soft_bounces,
-                           errors, ignored, processed, delivered_rate, bounce_error_rate, unique_opens,
+                           errors, ignored, cancelled, processed, delivered_rate, bounce_error_rate, unique_opens,
                            open_rate, unique_clicks, clicks, click_through_rate, computed_at,
                            rates_updated_at)
 VALUES (:delivery_id, :to_deliver, :delivered, :bounces_errors, :hard_bounces, :soft_bounces,
-        :errors, :ignored, :processed, :delivered_rate, :bounce_error_rate, :unique_opens,
+        :errors, :ignored, :cancelled, :processed, :delivered_rate, :bounce_error_rate, :unique_opens,
         :open_rate, :unique_clicks, :clicks, :click_through_rate, :computed_at, :computed_at)
 ON CONFLICT (delivery_id) DO UPDATE SET
     to_deliver = excluded.to_deliver,
@@ -13,6 +13,7 @@ ON CONFLICT (delivery_id) DO UPDATE SET
     soft_bounces = excluded.soft_bounces,
     errors = excluded.errors,
     ignored = excluded.ignored,
+    cancelled = excluded.cancelled,
     processed = excluded.processed,
     delivered_rate = excluded.delivered_rate,
     bounce_error_rate = excluded.bounce_error_rate,

@@ -478,7 +478,8 @@ def _kpis(**rates) -> dict:
         "hard_bounces": 1,
         "soft_bounces": 1,
         "errors": 0,
-        "ignored": 2,
+        "ignored": 1,
+        "cancelled": 1,
         "delivered_rate": 0.75,
         "bounce_error_rate": 0.25,
         "open_rate": 0.5,
@@ -496,6 +497,7 @@ def test_format_kpi_table_shows_counts_and_percentages() -> None:
     assert lines[1] == "--------------------+-----------"
     assert "to deliver          | 10" in lines
     assert "  hard bounces      | 1" in lines
+    assert "cancelled (stopped) | 1" in lines
     assert "delivered rate      | 75.00%" in lines
     assert "click-through rate  | 16.67%" in lines
 
