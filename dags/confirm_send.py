@@ -10,7 +10,14 @@ from datetime import timedelta
 from airflow.sdk import Param, dag, get_current_context, task
 
 from campaign import approval, confirm, stats
-from campaign.airflow_glue import SendApproval, campaign_engine, campaign_smtp, max_map_length, says_why
+from campaign.airflow_glue import (
+    SendApproval,
+    campaign_engine,
+    campaign_smtp,
+    max_map_length,
+    reschedule_while_paused,
+    says_why,
+)
 from campaign.sending import send_chunk as send_chunk_of_delivery
 from dag_defaults import DEFAULT_ARGS
 
@@ -134,9 +141,11 @@ def confirm_send():
     @says_why
     def send_chunk(chunk: dict[str, int]) -> dict:
         params, run_id = _run_params()
-        result = send_chunk_of_delivery(
-            campaign_engine(), params["delivery_id"], run_id, chunk["first_seq"], chunk["last_seq"], campaign_smtp
-        )
+        # A paused delivery's chunk gives its worker and pool slot back and comes again later.
+        with reschedule_while_paused():
+            result = send_chunk_of_delivery(
+                campaign_engine(), params["delivery_id"], run_id, chunk["first_seq"], chunk["last_seq"], campaign_smtp
+            )
         log.info(result.summary_line())
         return result.summary()
 
@@ -146,9 +155,17 @@ def confirm_send():
         params, run_id = _run_params()
         engine = campaign_engine()
         confirm.require_owned_by_run(engine, params["delivery_id"], run_id)
+        cancelled = confirm.cancel_if_stopped(engine, params["delivery_id"], run_id)
         kpis = stats.compute_kpis(engine, params["delivery_id"])
         status = confirm.finish_send(engine, params["delivery_id"], run_id, kpis)
-        log.info("aggregate_kpis: delivery %s is %s\n%s", params["delivery_id"], status, confirm.format_kpi_table(kpis))
+        stopped = f" (stopped: {cancelled:,} recipients cancelled)" if status == "stopped" else ""
+        log.info(
+            "aggregate_kpis: delivery %s is %s%s\n%s",
+            params["delivery_id"],
+            status,
+            stopped,
+            confirm.format_kpi_table(kpis),
+        )
         if status != "sent":
             confirm.raise_unserved(params["delivery_id"], kpis)
         return kpis

@@ -16,9 +16,11 @@ from airflow.sdk import BaseHook
 from airflow.sdk.bases.skipmixin import SkipMixin
 from sqlalchemy import Engine
 
-from campaign import approval, confirm
+from campaign import approval, confirm, controls
+from campaign.clock import utcnow
 from campaign.db import make_engine, url_from_connection_fields
 from campaign.errors import CampaignError, ConfigurationError, SmtpUnavailable
+from campaign.sending import ChunkHeld
 
 CAMPAIGN_DB_CONN_ID = "campaign_db"
 CAMPAIGN_SMTP_CONN_ID = "campaign_smtp"
@@ -99,6 +101,23 @@ def campaign_smtp() -> Iterator[smtplib.SMTP]:
             client.quit()
         except (OSError, smtplib.SMTPException):
             client.close()
+
+
+@contextmanager
+def reschedule_while_paused() -> Iterator[None]:
+    """Turn a chunk held by a pause (``campaign.sending.ChunkHeld``) into Airflow's reschedule:
+    the task ends ``up_for_reschedule``, holding no worker and no pool slot (unlike a sleep or
+    a sensor in poke mode), and Airflow starts it again after ``controls.pause_recheck_delay``;
+    a paused delivery survives restarts of the scheduler and workers that way."""
+    from airflow.sdk.exceptions import AirflowRescheduleException
+
+    try:
+        yield
+    except ChunkHeld as held:
+        delay = controls.pause_recheck_delay(held.state)
+        log.info("%s", held.result.summary_line())
+        log.info("send_chunk: held, %s. Worker and pool slot given back; looking again in %.0fs.", held.reason, delay)
+        raise AirflowRescheduleException(utcnow() + timedelta(seconds=delay)) from None
 
 
 def max_map_length() -> int:

@@ -13,7 +13,7 @@ import sys
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from campaign import deliveries, operators, profiles
+from campaign import controls, deliveries, operators, profiles
 from campaign.db import make_engine
 from campaign.errors import CampaignError, ConfigurationError
 from campaign.schema import KNOWN_ROLES, create_schema, operator_roles
@@ -118,6 +118,11 @@ def cmd_delivery_approve(args: argparse.Namespace) -> None:
     print(f"delivery {args.delivery_id} approved: ready to confirm with the confirm_send DAG")
 
 
+def cmd_delivery_control(args: argparse.Namespace) -> None:
+    control = {"pause": controls.pause, "resume": controls.resume, "stop": controls.stop}[args.action]
+    print(control(_engine(args), args.delivery_id, args.by, args.reason))
+
+
 def cmd_delivery_list(args: argparse.Namespace) -> None:
     engine = _engine(args)
     with engine.begin() as conn:
@@ -179,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("email")
     history.set_defaults(func=cmd_profiles_history)
 
-    delivery = commands.add_parser("delivery", help="deliveries before the send").add_subparsers(
+    delivery = commands.add_parser("delivery", help="deliveries: before the send, and its controls").add_subparsers(
         dest="action", required=True
     )
     dcreate = delivery.add_parser("create", help="create a draft from a YAML/JSON spec")
@@ -193,6 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("delivery_id", type=int)
         sub.add_argument("--by", default=os.environ.get("USER", "cli"), help="operator login recorded")
         sub.set_defaults(func=func)
+    for action, what in (
+        ("pause", "pause a sending delivery: its chunks commit, give their slots back and wait"),
+        ("resume", "resume a paused delivery where it stopped"),
+        ("stop", "stop a sending or paused delivery: the recipients not yet processed are cancelled"),
+    ):
+        sub = delivery.add_parser(action, help=what)
+        sub.add_argument("delivery_id", type=int)
+        # No default: the change is recorded under this name, which must hold Start deliveries.
+        sub.add_argument("--by", required=True, help="operator login recorded (must hold Start deliveries)")
+        sub.add_argument("--reason", help="why, recorded on the delivery's audit")
+        sub.set_defaults(func=cmd_delivery_control)
     delivery.add_parser("list", help="deliveries and their status").set_defaults(func=cmd_delivery_list)
 
     play_cmd = commands.add_parser("play-recipients", help="open and click mails of the local Maildir over HTTP")

@@ -12,6 +12,7 @@ import yaml
 from sqlalchemy import Connection, Engine, select, update
 
 from campaign.clock import utcnow
+from campaign.controls import check_brake_threshold, check_brake_window
 from campaign.db import sql
 from campaign.errors import DeliveryNotFound, DeliveryStateError, InvalidAddress, InvalidInput
 from campaign.pacing import check_max_rate
@@ -19,7 +20,10 @@ from campaign.profiles import normalize_email
 from campaign.rendering import DeliveryContent, compile_templates
 from campaign.schema import deliveries
 
-SPEC_FIELDS = {"label", "sender", "subject", "text", "html", "text_file", "html_file", "tracking", "max_rate"}
+SPEC_FIELDS = {
+    "label", "sender", "subject", "text", "html", "text_file", "html_file", "tracking", "max_rate",
+    "brake_threshold", "brake_window",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,8 @@ def create_delivery(engine: Engine, spec: dict[str, Any]) -> int:
         "html_template": str(spec["html"]),
         "tracking": tracking,
         "max_rate": check_max_rate(spec.get("max_rate")),
+        "brake_threshold": check_brake_threshold(spec.get("brake_threshold")),
+        "brake_window": check_brake_window(spec.get("brake_window")),
         "status": "draft",
         "created_at": utcnow(),
     }

@@ -198,3 +198,40 @@ def test_an_unusable_database_is_one_sentence_not_a_traceback(tmp_path: Path, ca
     assert code == 2
     assert err.strip() == f"campaign: cannot use the campaign database ({url}): unable to open database file"
     assert "Traceback" not in err
+
+
+def test_delivery_pause_resume_stop_as_an_operator_with_the_role(run, db_url: str) -> None:
+    from testsupport import start_confirmed_send
+
+    from campaign.db import make_engine
+
+    assert run("demo", "--profiles", "5")[0] == 0
+    start_confirmed_send(make_engine(db_url), 1, "alice", "run-1")
+
+    assert run("delivery", "pause", "1", "--by", "alice", "--reason", "relay maintenance") == (
+        0,
+        "Delivery 1 paused by alice: relay maintenance.\n",
+        "",
+    )
+    assert run("delivery", "list")[1].splitlines()[1].split()[:2] == ["1", "paused"]
+    assert run("delivery", "pause", "1", "--by", "alice") == (
+        2,
+        "",
+        "campaign: Delivery 1 is paused: only a delivery that is sending can be paused. Nothing was changed.\n",
+    )
+    assert run("delivery", "resume", "1", "--by", "bob") == (
+        2,
+        "",
+        "campaign: User 'bob' may not resume delivery 1: only operators with the Start deliveries role "
+        "can control a send.\n",
+    )
+    assert run("delivery", "resume", "1", "--by", "alice") == (0, "Delivery 1 resumed by alice.\n", "")
+    assert run("delivery", "stop", "1", "--by", "alice") == (0, "Delivery 1 stopped by alice.\n", "")
+    assert run("delivery", "list")[1].splitlines()[1].split()[:2] == ["1", "stopping"]
+
+
+def test_a_control_without_by_is_a_usage_error(run, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run("delivery", "pause", "1")
+    assert exited.value.code == 2
+    assert "the following arguments are required: --by" in capsys.readouterr().err
