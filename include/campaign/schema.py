@@ -465,7 +465,6 @@ def _stale_checks(conn: Connection, table: Table) -> list[CheckConstraint]:
 def _update_check_constraints(engine: Engine) -> None:
     with engine.connect() as conn:
         stale = any(_stale_checks(conn, table) for table in metadata.sorted_tables)
-        conn.rollback()
     if not stale:
         return
     if engine.dialect.name == "sqlite":
@@ -508,6 +507,8 @@ def _rebuild_sqlite_tables(engine: Engine) -> None:
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
                 # Checked again under the write lock: another process may have done it meanwhile.
                 tables = [table for table in metadata.sorted_tables if _stale_checks(conn, table)]
+                if not tables:
+                    return
                 # A rename checks every view and trigger, and those naming a dropped table fail it:
                 # they go first and come back, unchanged, at the end.
                 dependents = conn.exec_driver_sql(
