@@ -5,11 +5,14 @@ Created from this metadata so that SQLite and PostgreSQL get the same tables, ke
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
     Column,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -24,9 +27,11 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     inspect,
+    select,
     text,
     true,
 )
+from sqlalchemy.schema import AddConstraint, CreateTable, DropConstraint
 
 from campaign.db import sql
 
@@ -301,12 +306,15 @@ _BEFORE_UNIQUE_INDEX = {"tracking_logs_one_unsubscribe": "delete_repeated_unsubs
 
 
 def create_schema(engine: Engine) -> None:
-    """Create every missing table, column and index; existing ones are left as they are.
+    """Create every missing table, column and index, and bring named CHECK constraints up to date.
 
     On a database made by an older version, nullable columns added since are added with
     ``ALTER TABLE … ADD COLUMN`` (SQLite and PostgreSQL both can), and the rows a new unique
     index would refuse are removed first (``_BEFORE_UNIQUE_INDEX``), each index in its own
-    transaction.
+    transaction. A named CHECK constraint that is missing or says something else than the
+    metadata (a status list widened since) is replaced: on PostgreSQL with ``ALTER TABLE``, on
+    SQLite by rebuilding its table (``_rebuild_sqlite_tables``). A database already up to date is
+    only read.
     """
     metadata.create_all(engine)
     _add_missing_columns(engine)
@@ -321,6 +329,7 @@ def create_schema(engine: Engine) -> None:
                 if cleanup is not None:
                     conn.execute(sql(cleanup))
                 index.create(conn)
+    _update_check_constraints(engine)
 
 
 def _add_missing_columns(engine: Engine) -> None:
@@ -334,3 +343,232 @@ def _add_missing_columns(engine: Engine) -> None:
                     raise RuntimeError(f"{table.name}.{column.name} cannot be added to an existing table: not nullable")
                 kind = column.type.compile(dialect=conn.dialect)
                 conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+
+
+# ---------------------------------------------------------------- CHECK constraints
+
+# Each database hands back a CHECK in its own words: SQLite the text we created it with,
+# PostgreSQL a deparsed tree ("status::text = ANY (ARRAY['a'::character varying]::text[])", with
+# more or fewer parentheses by version). _normal_form reduces both to the same tokens so that a
+# database already up to date is recognised as such and left alone.
+_TOKEN = re.compile(
+    r"""
+      '(?:[^']|'')*'                 # a string literal, '' escapes included
+    | "(?:[^"]|"")*"                 # a quoted identifier
+    | ::                             # a cast
+    | [A-Za-z_][A-Za-z0-9_$]*        # a word: identifier or keyword
+    | \d+(?:\.\d+)?
+    | <>|!=|<=|>=|\|\|
+    | \S
+    """,
+    re.VERBOSE,
+)
+# Words that continue a type name after a cast ("::character varying", "::double precision").
+_TYPE_WORDS = {"varying", "precision", "with", "without", "time", "zone"}
+# A parenthesis after one of these groups an operand (and PostgreSQL adds or drops those freely);
+# after any other word it holds arguments or a list ("IN (", "ANY (", "lower(") and is kept.
+_OPERATOR_WORDS = {"and", "or", "not", "is", "between", "like", "ilike", "case", "when", "then", "else"}
+
+
+def _normal_form(expression: str) -> tuple[str, ...]:
+    """The tokens of a CHECK expression with what PostgreSQL adds or rewrites taken out.
+
+    Casts go, grouping parentheses go, ``= ANY (ARRAY[…])`` becomes ``IN (…)`` (``<> ALL`` becomes
+    ``NOT IN``), and a list of literals is sorted and deduplicated (a set of allowed values).
+    Grouping is not compared: two constraints that differ only in where the parentheses are count
+    as the same.
+    """
+    tokens = []
+    raw = _TOKEN.findall(expression)
+    i = 0
+    while i < len(raw):
+        token = raw[i]
+        if token == "::":  # skip the cast: its type name, a length, an array mark
+            i += 2
+            while i < len(raw) and raw[i].lower() in _TYPE_WORDS:
+                i += 1
+            if raw[i : i + 1] == ["("] and ")" in raw[i:]:
+                i = raw.index(")", i) + 1
+            if raw[i : i + 2] == ["[", "]"]:
+                i += 2
+            continue
+        if token.startswith('"') and re.fullmatch(r'"[a-z_][a-z0-9_$]*"', token):
+            token = token[1:-1]
+        elif not token.startswith(("'", '"')):
+            token = token.lower()
+        tokens.append(token)
+        i += 1
+
+    ungrouped, kept = [], []
+    for position, token in enumerate(tokens):
+        if token == "(":
+            before = tokens[position - 1] if position else ""
+            kept.append(before[:1].isalpha() and before not in _OPERATOR_WORDS)
+            if kept[-1]:
+                ungrouped.append(token)
+        elif token == ")":
+            if kept.pop() if kept else True:
+                ungrouped.append(token)
+        else:
+            ungrouped.append(token)
+
+    out: list[str] = []
+    i = 0
+    while i < len(ungrouped):
+        window = ungrouped[i : i + 5]
+        if window[:2] in (["=", "any"], ["<>", "all"], ["!=", "all"]) and window[2:] == ["(", "array", "["]:
+            end = ungrouped.index("]", i + 5)
+            if ungrouped[end + 1 : end + 2] == [")"]:
+                out += (["in"] if window[0] == "=" else ["not", "in"]) + ["("] + ungrouped[i + 5 : end] + [")"]
+                i = end + 2
+                continue
+        out.append(ungrouped[i])
+        i += 1
+
+    normal: list[str] = []
+    i = 0
+    while i < len(out):
+        if out[i] == "in" and out[i + 1 : i + 2] == ["("] and ")" in out[i:]:
+            end = out.index(")", i)
+            items = out[i + 2 : end]
+            values, commas = items[0::2], items[1::2]
+            if values and all(v.startswith("'") for v in values) and set(commas) <= {","}:
+                normal += ["in", "("] + sorted(set(values)) + [")"]
+                i = end + 1
+                continue
+        normal.append(out[i])
+        i += 1
+    return tuple(normal)
+
+
+def _check_sql(constraint: CheckConstraint, conn: Connection) -> str:
+    # Rendered as CREATE TABLE renders it, so that an expression (not only text) compares too.
+    compiler = conn.dialect.ddl_compiler(conn.dialect, None)
+    return compiler.sql_compiler.process(constraint.sqltext, include_table=False, literal_binds=True)
+
+
+def _stale_checks(conn: Connection, table: Table) -> list[CheckConstraint]:
+    """The named CHECK constraints of the metadata the table lacks or has with another definition."""
+    present = {check["name"]: check["sqltext"] for check in inspect(conn).get_check_constraints(table.name)}
+    return [
+        constraint
+        for constraint in table.constraints
+        if isinstance(constraint, CheckConstraint)
+        and constraint.name
+        and (
+            constraint.name not in present
+            or _normal_form(present[constraint.name]) != _normal_form(_check_sql(constraint, conn))
+        )
+    ]
+
+
+def _update_check_constraints(engine: Engine) -> None:
+    with engine.connect() as conn:
+        stale = any(_stale_checks(conn, table) for table in metadata.sorted_tables)
+    if not stale:
+        return
+    if engine.dialect.name == "sqlite":
+        _rebuild_sqlite_tables(engine)
+        return
+    # One transaction: the table never goes without its rule, and a row the new rule refuses
+    # fails the ADD and leaves everything as it was.
+    with engine.begin() as conn:
+        for table in metadata.sorted_tables:
+            for constraint in _stale_checks(conn, table):
+                conn.execute(DropConstraint(constraint, if_exists=True))
+                # isolate_from_table=False: the default marks the metadata's constraint as
+                # "added by ALTER", and CREATE TABLE would then leave it out of every new database.
+                conn.execute(AddConstraint(constraint, isolate_from_table=False))
+
+
+def _rebuild_sqlite_tables(engine: Engine) -> None:
+    """Rebuild the tables whose CHECKs are stale: SQLite cannot alter a constraint.
+
+    The procedure of https://www.sqlite.org/lang_altertable.html ("Making Other Kinds Of Table
+    Schema Changes"), all tables in one transaction.
+    """
+    with engine.connect() as conn:
+        # Through the driver, not conn.execute: the PRAGMA is a silent no-op inside a transaction,
+        # and SQLAlchemy would begin one first (campaign.db issues BEGIN IMMEDIATE on begin). An
+        # AUTOCOMMIT connection would avoid that but reset pysqlite's isolation_level when it
+        # goes back to the pool, undoing what campaign.db set on connect.
+        driver = conn.connection.driver_connection
+        if driver.in_transaction:
+            raise RuntimeError("cannot rebuild SQLite tables: the connection is in a transaction")
+        foreign_keys = driver.execute("PRAGMA foreign_keys").fetchone()[0]
+        driver.execute("PRAGMA foreign_keys=OFF")
+        try:
+            # With foreign keys on, DROP TABLE deletes the referencing rows (ON DELETE CASCADE):
+            # never go on unless they are off.
+            if driver.execute("PRAGMA foreign_keys").fetchone()[0]:
+                raise RuntimeError("cannot rebuild SQLite tables: foreign keys did not turn off")
+            with conn.begin():
+                if not driver.in_transaction:  # a plain pysqlite engine defers BEGIN past our DDL
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                # Checked again under the write lock: another process may have done it meanwhile.
+                tables = [table for table in metadata.sorted_tables if _stale_checks(conn, table)]
+                if not tables:
+                    return
+                # A rename checks every view and trigger, and those naming a dropped table fail it:
+                # they go first and come back, unchanged, at the end.
+                dependents = conn.exec_driver_sql(
+                    "SELECT type, name, sql FROM sqlite_master WHERE type IN ('view', 'trigger') AND sql IS NOT NULL"
+                ).all()
+                for kind, name, _ in dependents:
+                    conn.exec_driver_sql(f"DROP {kind.upper()} IF EXISTS {_quote(conn, name)}")
+                for table in tables:
+                    _rebuild_sqlite_table(conn, table)
+                for _, _, statement in dependents:
+                    conn.exec_driver_sql(statement)
+                dangling = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                if dangling:
+                    raise RuntimeError(
+                        f"SQLite tables not rebuilt: {len(dangling)} rows refer to rows that do not exist "
+                        f"(table, rowid, parent, key): {[tuple(row) for row in dangling[:10]]}"
+                    )
+        finally:
+            driver.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+
+
+def _quote(conn: Connection, name: str) -> str:
+    return conn.dialect.identifier_preparer.quote_identifier(name)
+
+
+def _rebuild_sqlite_table(conn: Connection, table: Table) -> None:
+    inspector = inspect(conn)
+    columns = [column["name"] for column in inspector.get_columns(table.name)]
+    unknown = [name for name in columns if name not in table.c]
+    if unknown:  # the new table would not have them: their values would be lost
+        raise RuntimeError(f"cannot rebuild {table.name}: columns {unknown} are not in the schema")
+    # Indexes someone added by hand go with the old table: they come back after the metadata's.
+    own_indexes = {index.name for index in table.indexes}
+    extra_indexes = [
+        statement
+        for name, statement in conn.exec_driver_sql(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+            (table.name,),
+        )
+        if name not in own_indexes
+    ]
+
+    # The new table, from the metadata, under another name. Its foreign keys name their tables,
+    # so it is made in a copy of the whole metadata (the module's own is never changed).
+    scratch = MetaData()
+    for each in metadata.tables.values():
+        each.to_metadata(scratch)
+    new = scratch.tables[table.name].to_metadata(scratch, name=f"{table.name}__rebuilt")
+    # A named CHECK the database has and the metadata does not is kept, as ALTER would keep it.
+    ours = {constraint.name for constraint in table.constraints if isinstance(constraint, CheckConstraint)}
+    for check in inspector.get_check_constraints(table.name):
+        if check["name"] and check["name"] not in ours:
+            new.append_constraint(CheckConstraint(text(check["sqltext"]), name=check["name"]))
+    conn.execute(CreateTable(new))
+
+    # The ids come along: rowid keys go on from the highest one, and references still match.
+    conn.execute(new.insert().from_select(columns, select(*(table.c[name] for name in columns))))
+    conn.exec_driver_sql(f"DROP TABLE {_quote(conn, table.name)}")
+    conn.exec_driver_sql(f"ALTER TABLE {_quote(conn, new.name)} RENAME TO {_quote(conn, table.name)}")
+    for index in table.indexes:
+        index.create(conn)
+    for statement in extra_indexes:
+        conn.exec_driver_sql(statement)
