@@ -278,8 +278,12 @@ class _ChunkSender:
         self.to_quarantine.clear()
 
     def between_messages(self) -> None:
-        """Look at the delivery's controls once every ``CONTROL_CHECK_SECONDS``."""
-        if time.monotonic() - self.controls_checked >= CONTROL_CHECK_SECONDS:
+        """Look at the delivery's controls once every ``CONTROL_CHECK_SECONDS``, and after each
+        commit that wrote a bounce or an error: a fast relay refusing most recipients would
+        otherwise get a second of messages per chunk past the brake's threshold."""
+        if (
+            self.unbraked_failures and not self.buffer
+        ) or time.monotonic() - self.controls_checked >= CONTROL_CHECK_SECONDS:
             self.check_controls()
 
     def check_controls(self) -> None:

@@ -297,3 +297,89 @@ def standalone(
             process.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+class AirflowProcesses:
+    """Airflow's components as separate processes of one deployment (API server, scheduler with
+    the LocalExecutor, DAG processor), each of which a test can stop and start again: what
+    ``standalone`` cannot do. Metadata in the database at ``metadata_url`` (PostgreSQL: several
+    processes write it at once). Use ``airflow_processes``."""
+
+    COMPONENTS = ("api-server", "scheduler", "dag-processor")
+
+    def __init__(self, folder: Path, env: dict[str, str], api_port: int) -> None:
+        self.folder, self.env, self.api_port = folder, env, api_port
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.base_url = f"http://127.0.0.1:{api_port}"
+
+    def start(self, name: str) -> None:
+        airflow = str(Path(sys.executable).parent / "airflow")
+        args = [name, "--port", str(self.api_port)] if name == "api-server" else [name]
+        with open(self.folder / f"{name}.log", "ab") as log_file:
+            self.processes[name] = subprocess.Popen(
+                [airflow, *args], env=self.env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+        """Stop one component and everything it started (the scheduler's executor workers too)."""
+        process = self.processes.pop(name)
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text(errors="replace")
+
+    def wait_healthy(self, client: AirflowClient, user: str, timeout: float = 180) -> None:
+        def healthy() -> bool:
+            try:
+                if client.api("GET", "/dags/confirm_send", user).status_code != 200:
+                    return False
+                health = client.http.get("/api/v2/monitor/health").json()
+            except (httpx.HTTPError, ValueError, RuntimeError):
+                return False
+            return all((health.get(part) or {}).get("status") == "healthy" for part in ("scheduler", "dag_processor"))
+
+        wait_until(healthy, timeout, 1, "Airflow's scheduler and DAG processor to report healthy")
+
+
+@contextmanager
+def airflow_processes(
+    folder: Path,
+    metadata_url: str,
+    campaign_connection: dict,
+    smtp_port: int,
+    users: dict[str, str],
+    roles: str,
+    pool_slots: int = 4,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[tuple[AirflowProcesses, AirflowClient]]:
+    """Start API server, scheduler (LocalExecutor) and DAG processor as separate processes; yields
+    them and a REST client once confirm_send is served and the scheduler is healthy."""
+    api_port = free_port()
+    env = airflow_env(folder / "airflow", api_port, users, roles, campaign_connection, smtp_port)
+    env.update(
+        {
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
+            # Separate processes sign and check each other's tokens: one secret for all of them.
+            "AIRFLOW__API_AUTH__JWT_SECRET": "controls-" + os.urandom(8).hex(),
+            **(extra_env or {}),
+        }
+    )
+    prepare_airflow(env, pool_slots)
+    airflow = AirflowProcesses(folder, env, api_port)
+    client = AirflowClient(airflow.base_url, users)
+    try:
+        for name in AirflowProcesses.COMPONENTS:
+            airflow.start(name)
+        airflow.wait_healthy(client, next(iter(users)))
+        yield airflow, client
+    finally:
+        for name in list(airflow.processes):
+            airflow.stop(name, timeout=30)
