@@ -14,8 +14,12 @@ from campaign.approval import audit_trail
 from campaign.clock import as_datetime, utcnow
 from campaign.db import sql
 from campaign.errors import DeliveryNotFound
+from campaign.operators import has_role
 from campaign.profiles import profile_history
+from campaign.schema import ROLE_START_DELIVERIES
 
+# The audit entries that say why a delivery is held: shown above its progress.
+HOLDING_ACTIONS = ("paused", "auto_paused", "stopped")
 TIME_FIELDS = ("confirmed_at", "finished_at", "computed_at", "rates_updated_at")
 
 
@@ -34,7 +38,7 @@ def _delivery(row: dict[str, Any], now: datetime) -> dict[str, Any]:
     rates_at = as_datetime(row["rates_updated_at"])
     delivery["rates_age_minutes"] = int((now - rates_at).total_seconds() // 60) if rates_at else None
     kpi_names = (
-        "to_deliver", "delivered", "bounces_errors", "processed", "delivered_rate", "bounce_error_rate",
+        "to_deliver", "delivered", "bounces_errors", "cancelled", "processed", "delivered_rate", "bounce_error_rate",
         "unique_opens", "open_rate", "unique_clicks", "clicks", "click_through_rate",
     )  # fmt: skip
     delivery["kpis"] = None if row["to_deliver"] is None else {name: delivery[name] for name in kpi_names}
@@ -61,7 +65,19 @@ def delivery_detail(engine: Engine, delivery_id: int) -> dict[str, Any]:
     detail["failure_reasons"] = [dict(r) for r in reasons]
     detail["links"] = [dict(link) for link in links]
     detail["audit"] = audit_trail(engine, delivery_id)
+    detail["held"] = (
+        next((entry for entry in reversed(detail["audit"]) if entry["action"] in HOLDING_ACTIONS), None)
+        if detail["status"] in ("paused", "stopping", "stopped")
+        else None
+    )
     return detail
+
+
+def delivery_controls(engine: Engine, status: str, login: str | None) -> list[str]:
+    """The controls ``login`` may use on a delivery in ``status``, in the page's order: pause or
+    resume, then stop; none without the Start deliveries role."""
+    possible = {"sending": ["pause", "stop"], "paused": ["resume", "stop"]}.get(status, [])
+    return possible if possible and login and has_role(engine, login, ROLE_START_DELIVERIES) else []
 
 
 def delivery_for_run(engine: Engine, run_id: str) -> int | None:

@@ -1,9 +1,10 @@
--- The Deployment list: each delivery with its progress (sending-log rows against the target)
+-- The Deployment list: each delivery with its progress (sending-log rows against the target,
+-- cancelled ones aside)
 -- and its stored KPIs, newest first.
 SELECT d.id, d.label, d.channel, d.status, d.confirmed_by, d.confirmed_at, d.run_id, d.target_count,
        d.finished_at,
-       (SELECT COUNT(*) FROM broad_logs b WHERE b.delivery_id = d.id) AS logged,
-       k.to_deliver, k.delivered, k.bounces_errors, k.processed, k.delivered_rate, k.bounce_error_rate,
+       (SELECT COUNT(*) FROM broad_logs b WHERE b.delivery_id = d.id AND b.status <> 'cancelled') AS logged,
+       k.to_deliver, k.delivered, k.bounces_errors, k.cancelled, k.processed, k.delivered_rate, k.bounce_error_rate,
        k.unique_opens, k.open_rate, k.unique_clicks, k.clicks, k.click_through_rate, k.computed_at,
        k.rates_updated_at
 FROM deliveries d

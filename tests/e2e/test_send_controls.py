@@ -173,9 +173,7 @@ def test_pause_frees_every_slot_survives_a_scheduler_restart_and_resume_serves_e
     assert _logged(engine, delivery_id) == {"sent": 5_000}
     trail = [(r["action"], r["actor"]) for r in approval.audit_trail(engine, delivery_id)]
     assert trail[-2:] == [("paused", "alice"), ("resumed", "alice")]
-    held = [
-        t for t in client.task_instances(run_id, "alice") if t["task_id"] == "send_chunk" and t["try_number"] == 1
-    ]
+    held = [t for t in client.task_instances(run_id, "alice") if t["task_id"] == "send_chunk" and t["try_number"] == 1]
     assert len(held) == 10, "a pause is not a failure: no chunk used a retry"
 
 

@@ -13,12 +13,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Engine
 
-from campaign import deployment
+from campaign import controls, deployment
 from campaign.db import LazyEngine
-from campaign.errors import DeliveryNotFound, InvalidInput
+from campaign.errors import DeliveryNotFound, DeliveryStateError, InvalidInput, RoleDenied
 
 URL_PREFIX = "/campaign-deployment"
 SENDING_REFRESH_SECONDS = 5
+# A page showing one of these refreshes itself: the send moves, or another operator may resume it.
+LIVE_STATUSES = ("sending", "paused", "stopping")
 _templates = Environment(
     loader=FileSystemLoader(Path(__file__).with_name("templates")), autoescape=select_autoescape(["html"])
 )
@@ -69,6 +71,33 @@ def create_app(engine_provider: Callable[[], Engine], user_dependency: Callable[
         except InvalidInput as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from None
 
+    @app.post("/api/deliveries/{delivery_id}/{action}")
+    async def api_control(
+        request: Request, delivery_id: int, action: str, user: Any = Depends(user_dependency)
+    ) -> JSONResponse:
+        """Pause, resume or stop a send as the logged-in Airflow user (who must hold Start
+        deliveries). JSON only: a form on another site cannot post JSON without the browser
+        asking this server first (CORS), so a cross-site request cannot act for the user."""
+        control = {"pause": controls.pause, "resume": controls.resume, "stop": controls.stop}.get(action)
+        if control is None:
+            return JSONResponse({"detail": f"No control {action!r}: pause, resume or stop."}, status_code=404)
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return JSONResponse({"detail": "Send the control as application/json."}, status_code=415)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        reason = body.get("reason") if isinstance(body, dict) else None
+        if reason is not None and not isinstance(reason, str):
+            return JSONResponse({"detail": "reason must be text."}, status_code=400)
+        try:
+            said = control(engine(), delivery_id, _login(user), (reason or "").strip()[:500] or None)
+        except RoleDenied as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=403)
+        except (DeliveryStateError, InvalidInput) as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=409)
+        return JSONResponse({"detail": said, "status": deployment.delivery_detail(engine(), delivery_id)["status"]})
+
     # ------------------------------------------------------------------ pages
 
     @app.get("/", response_class=HTMLResponse)
@@ -76,10 +105,11 @@ def create_app(engine_provider: Callable[[], Engine], user_dependency: Callable[
         return page(request, "deliveries.html", "Deliveries", deliveries=deployment.list_deliveries(engine()))
 
     @app.get("/deliveries/{delivery_id}", response_class=HTMLResponse)
-    def delivery_page(request: Request, delivery_id: int) -> HTMLResponse:
+    def delivery_page(request: Request, delivery_id: int, user: Any = Depends(user_dependency)) -> HTMLResponse:
         detail = deployment.delivery_detail(engine(), delivery_id)
-        refresh = SENDING_REFRESH_SECONDS if detail["status"] == "sending" else None
-        return page(request, "delivery.html", detail["label"], d=detail, refresh=refresh)
+        refresh = SENDING_REFRESH_SECONDS if detail["status"] in LIVE_STATUSES else None
+        allowed = deployment.delivery_controls(engine(), detail["status"], _login(user))
+        return page(request, "delivery.html", detail["label"], d=detail, refresh=refresh, controls=allowed)
 
     @app.get("/runs/{run_id}")
     def run_page(request: Request, run_id: str) -> Response:
@@ -101,3 +131,9 @@ def create_app(engine_provider: Callable[[], Engine], user_dependency: Callable[
         return page(request, "profile.html", email, email=email, page=found)
 
     return app
+
+
+def _login(user: Any) -> str | None:
+    """The Airflow user's name (what runs record as their triggering user), None if unknown."""
+    get_name = getattr(user, "get_name", None)
+    return get_name() if callable(get_name) else None
