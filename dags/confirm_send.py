@@ -166,7 +166,7 @@ def confirm_send():
             stopped,
             confirm.format_kpi_table(kpis),
         )
-        if status != "sent":
+        if status == "failed":
             confirm.raise_unserved(params["delivery_id"], kpis)
         return kpis
 
