@@ -11,9 +11,10 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 from sqlalchemy import Engine
 
-from campaign import deployment
+from campaign import charts, deployment
 from campaign.db import LazyEngine
 from campaign.errors import DeliveryNotFound, InvalidInput
 
@@ -22,6 +23,16 @@ SENDING_REFRESH_SECONDS = 5
 _templates = Environment(
     loader=FileSystemLoader(Path(__file__).with_name("templates")), autoescape=select_autoescape(["html"])
 )
+
+
+def _charts(series: dict[str, list[dict[str, Any]]]) -> dict[str, Markup | None]:
+    """The delivery page's two charts as SVG markup (None: nothing to draw yet)."""
+    drawn = {
+        "messages_chart": charts.messages_chart(series["messages_per_minute"]),
+        "events_chart": charts.events_chart(series["events_per_hour"]),
+    }
+    # Markup: the SVG is made here from numbers and fixed labels, it has to reach the page unescaped.
+    return {name: Markup(svg) if svg else None for name, svg in drawn.items()}
 
 
 def create_app(engine_provider: Callable[[], Engine], user_dependency: Callable[..., Any]) -> FastAPI:
@@ -79,7 +90,8 @@ def create_app(engine_provider: Callable[[], Engine], user_dependency: Callable[
     def delivery_page(request: Request, delivery_id: int) -> HTMLResponse:
         detail = deployment.delivery_detail(engine(), delivery_id)
         refresh = SENDING_REFRESH_SECONDS if detail["status"] == "sending" else None
-        return page(request, "delivery.html", detail["label"], d=detail, refresh=refresh)
+        drawn = _charts(detail["charts"])
+        return page(request, "delivery.html", detail["label"], d=detail, refresh=refresh, **drawn)
 
     @app.get("/runs/{run_id}")
     def run_page(request: Request, run_id: str) -> Response:
