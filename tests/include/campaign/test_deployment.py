@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from types import SimpleNamespace
 
 from sqlalchemy import Engine, select
 
@@ -145,3 +146,20 @@ def test_the_delivery_detail_carries_the_series(campaign_db, ready_delivery: Cal
         ],
         "events_per_hour": [{"hour": "2026-11-27T10:00:00+00:00", "opens": 1, "clicks": 0}],
     }
+
+
+def test_series_are_kept_a_few_seconds_per_delivery(campaign_db, ready_delivery: Callable, monkeypatch) -> None:
+    engine = campaign_db.engine
+    clock = [1000.0]
+    monkeypatch.setattr(deployment, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    delivery_id = ready_delivery(engine, recipients=2)
+    _logs(engine, delivery_id, [("sent", _at(0))])
+    first = deployment.delivery_charts(engine, delivery_id)
+    _logs(engine, delivery_id, [("sent", _at(0)), ("bounced", _at(0.5))])  # the first is there already
+
+    clock[0] += deployment.CHART_CACHE_MIN_SECONDS - 0.1
+    assert deployment.delivery_charts(engine, delivery_id) == first
+    clock[0] += 0.2
+    assert deployment.delivery_charts(engine, delivery_id)["messages_per_minute"] == [
+        {"minute": "2026-11-27T10:00:00+00:00", **ZERO, "sent": 1, "bounced": 1}
+    ]
