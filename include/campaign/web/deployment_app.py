@@ -4,6 +4,9 @@ and a JSON API with the same figures. Every route needs an authenticated Airflow
 
 from __future__ import annotations
 
+import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,14 +28,33 @@ _templates = Environment(
 )
 
 
-def _charts(series: dict[str, list[dict[str, Any]]]) -> dict[str, Markup | None]:
+# Drawing a send of two hours and two days of events takes about half a second: the last drawing
+# of each delivery is kept while its figures stay the same (they are kept a while themselves,
+# campaign.deployment.delivery_charts), so a page refreshed every 5 s does not draw every time.
+_DRAWN_KEPT = 64
+_drawn: OrderedDict[int, tuple[str, dict[str, Markup | None]]] = OrderedDict()
+_drawn_lock = threading.Lock()
+
+
+def _charts(delivery_id: int, series: dict[str, list[dict[str, Any]]]) -> dict[str, Markup | None]:
     """The delivery page's two charts as SVG markup (None: nothing to draw yet)."""
-    drawn = {
+    figures = json.dumps(series, sort_keys=True)
+    with _drawn_lock:
+        kept = _drawn.get(delivery_id)
+    if kept is not None and kept[0] == figures:
+        return kept[1]
+    svgs = {
         "messages_chart": charts.messages_chart(series["messages_per_minute"]),
         "events_chart": charts.events_chart(series["events_per_hour"]),
     }
     # Markup: the SVG is made here from numbers and fixed labels, it has to reach the page unescaped.
-    return {name: Markup(svg) if svg else None for name, svg in drawn.items()}
+    drawn = {name: Markup(svg) if svg else None for name, svg in svgs.items()}
+    with _drawn_lock:
+        _drawn[delivery_id] = (figures, drawn)
+        _drawn.move_to_end(delivery_id)
+        while len(_drawn) > _DRAWN_KEPT:
+            _drawn.popitem(last=False)
+    return drawn
 
 
 def create_app(engine_provider: Callable[[], Engine], user_dependency: Callable[..., Any]) -> FastAPI:
@@ -90,7 +112,7 @@ def create_app(engine_provider: Callable[[], Engine], user_dependency: Callable[
     def delivery_page(request: Request, delivery_id: int) -> HTMLResponse:
         detail = deployment.delivery_detail(engine(), delivery_id)
         refresh = SENDING_REFRESH_SECONDS if detail["status"] == "sending" else None
-        drawn = _charts(detail["charts"])
+        drawn = _charts(delivery_id, detail["charts"])
         return page(request, "delivery.html", detail["label"], d=detail, refresh=refresh, **drawn)
 
     @app.get("/runs/{run_id}")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -11,8 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
+from campaign import charts
 from campaign.db import sql
 from campaign.schema import delivery_targets
+from campaign.web import deployment_app
 from campaign.web.deployment_app import URL_PREFIX, create_app
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -106,3 +109,16 @@ def test_the_json_api_gives_the_charts_series(campaign_db, client, ready_deliver
             {"hour": "2026-11-27T11:00:00+00:00", "opens": 1, "clicks": 0},
         ],
     }
+
+
+def test_the_same_figures_are_drawn_once(campaign_db, client, ready_delivery, monkeypatch) -> None:
+    engine = campaign_db.engine
+    delivery_id = ready_delivery(engine, recipients=3)
+    _log_and_track(engine, delivery_id, _profiles_of(engine, delivery_id))
+    drawings = []
+    monkeypatch.setattr(deployment_app, "_drawn", OrderedDict())  # figures drawn by earlier tests
+    monkeypatch.setattr(charts, "messages_chart", lambda series: drawings.append(len(series)) or "<svg></svg>")
+
+    first, second = client.get(f"/deliveries/{delivery_id}").text, client.get(f"/deliveries/{delivery_id}").text
+
+    assert drawings == [3] and first == second
