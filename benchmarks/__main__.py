@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from importlib.metadata import version
 from pathlib import Path
 
+from benchmarks.charts_bench import chart_cost
 from benchmarks.memory_bench import benchmark_tracking_secret, chunk_memory
 from benchmarks.send_bench import send_throughput
 from benchmarks.sink import postfix_sink
@@ -27,7 +28,7 @@ FULL = {
     "send": 100_000, "logs": 1_000_000, "events": 300_000, "history": 1_000_000, "new": 10_000,
     "large": 1_000_000, "small": 10_000,
 }  # fmt: skip
-BENCHMARKS = ("send", "compute-stats", "hourly", "memory")
+BENCHMARKS = ("send", "compute-stats", "hourly", "memory", "charts")
 BACKENDS = ("sqlite", "postgres")
 SMOKE = {"send": 2_000, "logs": 5_000, "events": 1_500, "history": 5_000, "new": 100, "large": 5_000, "small": 2_000}
 
@@ -110,6 +111,9 @@ def run(chosen: set[str], backends: list[str], sizes: dict[str, int], send_size:
             if "memory" in chosen:
                 engine, url = database(backend)
                 results.append(chunk_memory(engine, url, backend, sink.port, sizes["large"], sizes["small"]))
+            if "charts" in chosen:
+                engine, _ = database(backend)
+                results.append(chart_cost(engine, backend, sizes["logs"], sizes["events"]))
     return results
 
 

@@ -1,4 +1,15 @@
-"""Campaign database access: engines for SQLite and PostgreSQL, and the SQL files by name."""
+"""Campaign database access: engines for SQLite and PostgreSQL, and the SQL files by name.
+
+Every statement is a file of ``include/sql/``, one statement per file, named after what it
+computes, and loaded with ``sql(name)``. The same SQL runs on both databases wherever it can.
+Where it cannot (truncating a timestamp to the minute: ``strftime`` on SQLite, ``date_trunc`` on
+PostgreSQL), a *dialect variant* ``<name>.<dialect>.sql`` sits next to ``<name>.sql``, the dialect
+named as SQLAlchemy names it (``postgresql``, ``sqlite``), and ``sql(name, conn.dialect.name)``
+serves it to that dialect; every other dialect gets ``<name>.sql``. The plain file must exist
+(it is the default, the one a reader finds first) and both files must take the same parameters
+and return the same columns; ``tests/include/campaign/test_db.py`` checks the files' names and
+parameters, the statements' own tests run them on both databases.
+"""
 
 from __future__ import annotations
 
@@ -28,13 +39,19 @@ sqlite3.register_adapter(datetime, lambda value: value.isoformat(" "))
 
 
 @functools.cache
-def sql(name: str) -> TextClause:
-    """The statement of ``include/sql/<name>.sql``, ready to execute with named parameters."""
+def sql(name: str, dialect: str | None = None) -> TextClause:
+    """The statement of ``include/sql/<name>.sql``, ready to execute with named parameters.
+
+    With ``dialect`` (``conn.dialect.name``), the variant ``<name>.<dialect>.sql`` when there is
+    one (see the module's docstring); ``<name>.sql`` otherwise, which must exist in any case.
+    """
     path = SQL_DIR / f"{name}.sql"
-    try:
-        return text(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigurationError(f"SQL file {path} does not exist.") from None
+    if not path.is_file():
+        raise ConfigurationError(f"SQL file {path} does not exist.")
+    variant = SQL_DIR / f"{name}.{dialect}.sql"
+    if dialect and "." not in name and variant.is_file():
+        path = variant
+    return text(path.read_text(encoding="utf-8"))
 
 
 def url_from_connection_fields(

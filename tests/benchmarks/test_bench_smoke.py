@@ -36,7 +36,7 @@ def test_unknown_benchmark_is_named_in_one_line():
 
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1].endswith(
-        "error: unknown benchmark sned; choose among send, compute-stats, hourly, memory"
+        "error: unknown benchmark sned; choose among send, compute-stats, hourly, memory, charts"
     )
 
 
@@ -53,8 +53,8 @@ def test_make_bench_smoke_prints_the_table():
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
     # throughput against (a) the plain loop and (b) pre-built bytes, then on SQLite and
-    # PostgreSQL: compute stats (checked, rebuilt), hourly growth, memory
-    assert len(rows) == 10, done.stdout
+    # PostgreSQL: compute stats (checked, rebuilt), hourly growth, memory, the Deployment charts
+    assert len(rows) == 12, done.stdout
     for row in rows:
         ratio = float(row.split("|")[5])
         assert ratio > 0, row

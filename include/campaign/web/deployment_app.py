@@ -4,6 +4,9 @@ and a JSON API with the same figures. Every route needs an authenticated Airflow
 
 from __future__ import annotations
 
+import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,9 +14,10 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 from sqlalchemy import Engine
 
-from campaign import controls, deployment
+from campaign import charts, controls, deployment
 from campaign.db import LazyEngine
 from campaign.errors import DeliveryNotFound, DeliveryStateError, InvalidInput, RoleDenied
 
@@ -24,6 +28,35 @@ LIVE_STATUSES = ("sending", "paused", "stopping")
 _templates = Environment(
     loader=FileSystemLoader(Path(__file__).with_name("templates")), autoescape=select_autoescape(["html"])
 )
+
+
+# Drawing a send of two hours and two days of events takes about half a second: the last drawing
+# of each delivery is kept while its figures stay the same (they are kept a while themselves,
+# campaign.deployment.delivery_charts), so a page refreshed every 5 s does not draw every time.
+_DRAWN_KEPT = 64
+_drawn: OrderedDict[int, tuple[str, dict[str, Markup | None]]] = OrderedDict()
+_drawn_lock = threading.Lock()
+
+
+def _charts(delivery_id: int, series: dict[str, list[dict[str, Any]]]) -> dict[str, Markup | None]:
+    """The delivery page's two charts as SVG markup (None: nothing to draw yet)."""
+    figures = json.dumps(series, sort_keys=True)
+    with _drawn_lock:
+        kept = _drawn.get(delivery_id)
+    if kept is not None and kept[0] == figures:
+        return kept[1]
+    svgs = {
+        "messages_chart": charts.messages_chart(series["messages_per_minute"]),
+        "events_chart": charts.events_chart(series["events_per_hour"]),
+    }
+    # Markup: the SVG is made here from numbers and fixed labels, it has to reach the page unescaped.
+    drawn = {name: Markup(svg) if svg else None for name, svg in svgs.items()}
+    with _drawn_lock:
+        _drawn[delivery_id] = (figures, drawn)
+        _drawn.move_to_end(delivery_id)
+        while len(_drawn) > _DRAWN_KEPT:
+            _drawn.popitem(last=False)
+    return drawn
 
 
 def create_app(engine_provider: Callable[[], Engine], user_dependency: Callable[..., Any]) -> FastAPI:
@@ -109,7 +142,8 @@ def create_app(engine_provider: Callable[[], Engine], user_dependency: Callable[
         detail = deployment.delivery_detail(engine(), delivery_id)
         refresh = SENDING_REFRESH_SECONDS if detail["status"] in LIVE_STATUSES else None
         allowed = deployment.delivery_controls(engine(), detail["status"], _login(user))
-        return page(request, "delivery.html", detail["label"], d=detail, refresh=refresh, controls=allowed)
+        drawn = _charts(delivery_id, detail["charts"])
+        return page(request, "delivery.html", detail["label"], d=detail, refresh=refresh, controls=allowed, **drawn)
 
     @app.get("/runs/{run_id}")
     def run_page(request: Request, run_id: str) -> Response:

@@ -10,10 +10,14 @@ import pytest
 from sqlalchemy import TextClause, text
 from sqlalchemy.engine import make_url
 
+from campaign import db
 from campaign.db import SQL_DIR, make_engine, sql, url_from_connection_fields
 from campaign.errors import ConfigurationError
 
 SQL_FILES = sorted(SQL_DIR.glob("*.sql"))
+# <name>.<dialect>.sql: a statement's variant for one dialect (db.py's docstring)
+VARIANTS = [path for path in SQL_FILES if "." in path.stem]
+DIALECTS = ("postgresql", "sqlite")
 # SQLAlchemy's text() bind parameter syntax: ':name' not preceded by ':', a word character or '\'.
 BIND_PARAM = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")
 
@@ -127,9 +131,62 @@ def test_the_sql_folder_has_files() -> None:
     assert len(SQL_FILES) >= 1
 
 
+def _load(path: Path) -> TextClause:
+    """A file's statement as the code asks for it: a variant through its dialect."""
+    name, _, dialect = path.stem.partition(".")
+    return sql(name, dialect or None)
+
+
+@pytest.fixture
+def sql_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An SQL folder of the test's own, and sql()'s cache emptied before and after."""
+    monkeypatch.setattr(db, "SQL_DIR", tmp_path)
+    sql.cache_clear()
+    yield tmp_path
+    sql.cache_clear()
+
+
+def test_a_dialect_variant_is_served_to_its_dialect_and_to_it_only(sql_dir: Path) -> None:
+    (sql_dir / "truncate_time.sql").write_text("SELECT 'portable'", encoding="utf-8")
+    (sql_dir / "truncate_time.postgresql.sql").write_text("SELECT 'postgresql'", encoding="utf-8")
+
+    assert sql("truncate_time", "postgresql").text == "SELECT 'postgresql'"
+    assert sql("truncate_time", "sqlite").text == "SELECT 'portable'"
+    assert sql("truncate_time", "mysql").text == "SELECT 'portable'"
+    assert sql("truncate_time").text == "SELECT 'portable'"
+
+
+def test_a_variant_without_its_plain_file_is_a_configuration_error(sql_dir: Path) -> None:
+    (sql_dir / "only_here.postgresql.sql").write_text("SELECT 1", encoding="utf-8")
+
+    with pytest.raises(ConfigurationError) as excinfo:
+        sql("only_here", "postgresql")
+
+    assert str(excinfo.value) == f"SQL file {sql_dir / 'only_here.sql'} does not exist."
+
+
+def test_the_connection_chooses_the_variant(campaign_db) -> None:
+    # delivery_messages_per_minute has a PostgreSQL variant: date_trunc there, strftime on SQLite.
+    with campaign_db.engine.connect() as conn:
+        statement = sql("delivery_messages_per_minute", conn.dialect.name)
+        conn.execute(statement, {"delivery_id": 1}).all()
+
+    expected = "date_trunc(" if campaign_db.backend == "postgres" else "strftime("
+    assert expected in statement.text
+
+
+@pytest.mark.parametrize("path", VARIANTS, ids=[p.stem for p in VARIANTS])
+def test_a_variant_names_a_dialect_and_stands_beside_its_plain_file(path: Path) -> None:
+    name, _, dialect = path.stem.partition(".")
+
+    assert dialect in DIALECTS, f"{path.name}: {dialect!r} is not a dialect name SQLAlchemy gives"
+    assert (SQL_DIR / f"{name}.sql").is_file(), f"{path.name} has no {name}.sql"
+    assert set(sql(name, dialect)._bindparams) == set(sql(name)._bindparams), "both take the same parameters"
+
+
 @pytest.mark.parametrize("path", SQL_FILES, ids=[p.stem for p in SQL_FILES])
 def test_sql_file_loads_as_the_file_text(path: Path) -> None:
-    statement = sql(path.stem)
+    statement = _load(path)
 
     assert isinstance(statement, TextClause)
     assert statement.text == path.read_text(encoding="utf-8")
@@ -156,4 +213,4 @@ def test_sql_comments_hold_no_bind_parameter(path: Path) -> None:
 def test_sql_bind_parameters_are_exactly_those_in_the_code(path: Path) -> None:
     code = "\n".join(_split_comment(line)[0] for line in path.read_text(encoding="utf-8").splitlines())
 
-    assert set(sql(path.stem)._bindparams) == set(BIND_PARAM.findall(code))
+    assert set(_load(path)._bindparams) == set(BIND_PARAM.findall(code))
