@@ -66,11 +66,14 @@ class Pacer:
         self._next_slot = 0.0
         self.waited = 0.0  # seconds slept, for the task's summary line
 
-    def wait(self) -> None:
-        """Block until the next message of this chunk may go."""
+    def wait(self, left: int | None = None) -> None:
+        """Block until the next message of this chunk may go. ``left``: at most so many messages
+        remain in the chunk, this one included; no more slots than that are reserved, since a
+        slot reserved and never used holds every other chunk back by one interval."""
         if self._slots_left == 0:
-            self._next_slot = self._reserve(self.reservation)
-            self._slots_left = self.reservation
+            slots = self.reservation if left is None else max(1, min(self.reservation, left))
+            self._next_slot = self._reserve(slots)
+            self._slots_left = slots
         delay = self._next_slot - self.clock()
         if delay > 0:
             self.sleep(delay)

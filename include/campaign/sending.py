@@ -331,15 +331,16 @@ class _ChunkSender:
         return None
 
     def attempt(
-        self, relay: RelaySession, recipient: dict[str, Any], message: BuiltMessage, attempts: int
+        self, relay: RelaySession, recipient: dict[str, Any], message: BuiltMessage, attempts: int, left: int
     ) -> _Pending | None:
-        """Send once; record the final outcome, or return the 4xx to retry later.
+        """Send once; record the final outcome, or return the 4xx to retry later. ``left``: at
+        most so many messages remain to send in this pass, this one included (for the pacer).
 
         Replies about the connection never reach here: the relay session reconnects and sends
         again, or raises ``SmtpUnavailable`` when the relay stays unreachable.
         """
         if self.pacer is not None:
-            self.pacer.wait()
+            self.pacer.wait(left)
         try:
             reply = relay.send(message.envelope_from, message.envelope_to, message.data, message.mail_options)
         except MessageNotSendable as exc:
@@ -506,7 +507,8 @@ def _send_targets(
                     sender.between_messages()
                     message = sender.prepare(recipient)
                     if message is not None:
-                        deferred = sender.attempt(relay, recipient, message, attempts=1)
+                        left = last_seq - recipient["seq"] + 1
+                        deferred = sender.attempt(relay, recipient, message, attempts=1, left=left)
                         if deferred is not None:
                             pending.append(deferred)
             sender.flush()
@@ -517,8 +519,9 @@ def _send_targets(
                 time.sleep(delay)
                 sender.check_controls()
                 still_pending = []
-                for item in pending:
-                    deferred = sender.attempt(relay, item.recipient, item.message, item.attempts + 1)
+                for index, item in enumerate(pending):
+                    left = len(pending) - index
+                    deferred = sender.attempt(relay, item.recipient, item.message, item.attempts + 1, left=left)
                     if deferred is not None:
                         still_pending.append(deferred)
                 pending = still_pending

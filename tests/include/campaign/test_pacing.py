@@ -71,6 +71,20 @@ def test_a_schedule_that_has_passed_is_not_caught_up(campaign_db, ready_delivery
     assert clock.now - started == pytest.approx(1.9, abs=0.15)
 
 
+def test_a_chunk_near_its_end_reserves_no_slot_it_will_not_use(campaign_db, ready_delivery) -> None:
+    """A chunk with one message left reserves one slot, not a second's worth: an unused slot would
+    hold every other chunk of the delivery back (the live rate test measured 26 a second for 30)."""
+    engine = campaign_db.engine
+    delivery_id = ready_delivery(engine)
+    clock = Clock()
+    ending, other = (Pacer(engine, delivery_id, 36_000, clock.time, clock.sleep) for _ in range(2))  # 10 a second
+
+    ending.wait(left=1)
+    other.wait(left=50)
+
+    assert other.waited == pytest.approx(0.1), "the other chunk goes one interval later"
+
+
 def test_each_delivery_has_its_own_schedule(campaign_db, ready_delivery) -> None:
     engine = campaign_db.engine
     first, second = ready_delivery(engine), ready_delivery(engine, recipients=0)
