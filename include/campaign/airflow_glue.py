@@ -115,8 +115,8 @@ def reschedule_while_paused() -> Iterator[None]:
         yield
     except ChunkHeld as held:
         delay = controls.pause_recheck_delay(held.state)
-        log.info("%s", held.result.summary_line())
-        log.info("send_chunk: held, %s. Worker and pool slot given back; looking again in %.0fs.", held.reason, delay)
+        # One line: the chunk's summary says why it ended early.
+        log.info("%s. Worker and pool slot given back; looking again in %.0fs.", held.result.summary_line(), delay)
         raise AirflowRescheduleException(utcnow() + timedelta(seconds=delay)) from None
 
 
