@@ -1,6 +1,7 @@
-"""A throw-away `airflow standalone` (API server, scheduler, DAG processor, triggerer,
-LocalExecutor, SQLite metadata) wired to a campaign database and an SMTP server, with a small
-REST client: for the end-to-end tests and the benchmarks."""
+"""A throw-away Airflow wired to a campaign database and an SMTP server, with a small REST client:
+for the end-to-end tests and the benchmarks. Either `airflow standalone` (API server, scheduler,
+DAG processor, triggerer, LocalExecutor, SQLite metadata; ``standalone``) or the components as
+separate processes a test can restart (``airflow_processes``)."""
 
 from __future__ import annotations
 
