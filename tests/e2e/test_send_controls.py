@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from testsupport import wait_for
+from testsupport import free_port, wait_for
 
 from campaign import approval, controls, deliveries, operators
 from campaign.clock import as_datetime, utcnow
@@ -53,7 +53,7 @@ def controlled(postgres_server):
     operators.create_operator(engine, "alice")
     operators.grant_role(engine, "alice", ROLE_START_DELIVERIES)
     rules = [Rule(Stage.RCPT, 550, pattern="*@refusing.test", text="5.1.1 User unknown")]
-    smtp_port = _free_port()
+    smtp_port = free_port()
     controller, relay = start_server(folder / "maildir", port=smtp_port, rules=rules)
     connection = {
         "conn_type": "postgres",
@@ -71,12 +71,6 @@ def controlled(postgres_server):
     finally:
         controller.stop()
         engine.dispose()
-
-
-def _free_port() -> int:
-    from testsupport import free_port
-
-    return free_port()
 
 
 def _ready_delivery(engine, good: int, refusing: int = 0, **spec) -> tuple[int, list[str]]:
@@ -120,6 +114,11 @@ def _logged(engine, delivery_id: int) -> dict[str, int]:
 
 def _accepted(relay, addresses: list[str]) -> int:
     return sum(relay.accepted.get(address, 0) for address in addresses)
+
+
+def relay_counts(relay, addresses: list[str]) -> set[int]:
+    """How many times the relay accepted each address: {1} when everyone got exactly one."""
+    return {relay.accepted.get(address, 0) for address in addresses}
 
 
 def _chunk_states(client, run_id: str) -> list[str]:
@@ -175,10 +174,6 @@ def test_pause_frees_every_slot_survives_a_scheduler_restart_and_resume_serves_e
     assert trail[-2:] == [("paused", "alice"), ("resumed", "alice")]
     held = [t for t in client.task_instances(run_id, "alice") if t["task_id"] == "send_chunk" and t["try_number"] == 1]
     assert len(held) == 10, "a pause is not a failure: no chunk used a retry"
-
-
-def relay_counts(relay, addresses: list[str]) -> set[int]:
-    return {relay.accepted.get(address, 0) for address in addresses}
 
 
 def test_stop_cancels_the_rest_and_the_run_ends_without_red_tasks(controlled):
