@@ -305,7 +305,10 @@ def format_kpi_table(kpis: dict[str, Any]) -> str:
         ("delivered rate", pct(kpis["delivered_rate"])),
         ("bounce + error rate", pct(kpis["bounce_error_rate"])),
         ("open rate", pct(kpis["open_rate"])),
+        ("  without machines", pct(kpis.get("human_open_rate"))),
         ("click-through rate", pct(kpis["click_through_rate"])),
+        ("  without machines", pct(kpis.get("human_click_through_rate"))),
+        ("complaint rate", pct(kpis.get("complaint_rate"))),
     ]
     width = max(len(name) for name, _ in rows)
     lines = [f"{'KPI'.ljust(width)} | value", f"{'-' * width}-+-{'-' * 10}"]

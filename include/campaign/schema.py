@@ -46,7 +46,8 @@ DELIVERY_STATUSES = ("draft", "ready", "sending", "paused", "stopping", "stopped
 # cancelled: not processed because the send was stopped; not counted in processed.
 LOG_STATUSES = ("sent", "bounced", "failed", "ignored", "cancelled")
 FAILURE_TYPES = ("hard", "soft")
-EVENT_TYPES = ("open", "click", "unsubscribe")
+# complaint: the recipient reported the message as spam (a feedback report, RFC 5965).
+EVENT_TYPES = ("open", "click", "unsubscribe", "complaint")
 # What the delivery_audit trail records: a trigger refused for want of the role, the approval
 # asked of the operator, and its outcome (campaign.approval); every change of a send's state, by
 # an operator or the automatic brake (campaign.controls).
@@ -170,6 +171,13 @@ broad_logs = Table(
     Column("worker", String(200), comment="host:pid of the task process that wrote the row"),
     Column("run_id", String(250)),
     Column("logged_at", DateTime(timezone=True), nullable=False),
+    Column(
+        "bounced_at",
+        DateTime(timezone=True),
+        comment="when a delivery status notification (RFC 3464) turned this accepted message into a bounce",
+    ),
+    Column("dsn_status", String(16), comment="the DSN's Status field (RFC 3464 2.3.4), e.g. 5.1.1"),
+    Column("dsn_diagnostic", Text, comment="the DSN's Diagnostic-Code (RFC 3464 2.3.6): the remote server's words"),
     # The database itself makes a second sending-log row for a recipient impossible.
     UniqueConstraint("delivery_id", "profile_id", name="broad_logs_one_per_recipient"),
     CheckConstraint(_in("status", LOG_STATUSES), name="broad_logs_status_known"),
@@ -193,6 +201,17 @@ tracking_logs = Table(
     Column("link_id", Id, ForeignKey("delivery_links.id")),
     Column("user_agent", Text),
     Column("event_at", DateTime(timezone=True), nullable=False),
+    Column(
+        "machine",
+        Boolean,
+        comment="open or click made by a machine (proxy, prefetch, link scanner), not a person; "
+        "NULL: recorded before the rules existed",
+    ),
+    Column(
+        "machine_rule",
+        String(64),
+        comment="the machine rule that flagged it (README, Machine opens and clicks); NULL when human",
+    ),
     CheckConstraint(_in("event_type", EVENT_TYPES), name="tracking_logs_event_type_known"),
 )
 # Both cover count_delivery_tracking.sql, in recipient order so that DISTINCT is a single pass
@@ -212,6 +231,14 @@ Index(
 # clients and link scanners repeat them, sometimes at once): a rule in the database, so that two
 # concurrent requests cannot both insert; insert_unsubscribe_event.sql does nothing on conflict.
 # Partial: opens and clicks are recorded every time (the KPIs count every click).
+# One complaint per recipient of a delivery, however many feedback reports arrive for it.
+Index(
+    "tracking_logs_one_complaint",
+    tracking_logs.c.delivery_id, tracking_logs.c.profile_id,
+    unique=True,
+    sqlite_where=text("event_type = 'complaint'"),
+    postgresql_where=text("event_type = 'complaint'"),
+)  # fmt: skip
 Index(
     "tracking_logs_one_unsubscribe",
     tracking_logs.c.delivery_id, tracking_logs.c.profile_id,
@@ -233,6 +260,9 @@ delivery_engagement = Table(
     ),
     Column("first_click_at", DateTime(timezone=True)),
     Column("clicks", Integer, nullable=False, server_default="0"),
+    Column("first_human_open_at", DateTime(timezone=True), comment="first open or click not made by a machine"),
+    Column("first_human_click_at", DateTime(timezone=True), comment="first click not made by a machine"),
+    Column("human_clicks", Integer, server_default="0", comment="clicks not made by a machine"),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("delivery_id", "profile_id"),
     CheckConstraint("(clicks > 0) = (first_click_at IS NOT NULL)", name="delivery_engagement_clicked_iff_clicks"),
@@ -241,6 +271,12 @@ delivery_engagement = Table(
 # With the two rules above, unique opens, unique clicks and clicks of a delivery are counts and a
 # sum over this narrow index alone (compute_delivery_kpis.sql).
 Index("delivery_engagement_clicks", delivery_engagement.c.delivery_id, delivery_engagement.c.clicks)
+# The same counts without machines (human_*) over this one.
+Index(
+    "delivery_engagement_human",
+    delivery_engagement.c.delivery_id, delivery_engagement.c.human_clicks,
+    delivery_engagement.c.first_human_open_at, delivery_engagement.c.first_human_click_at,
+)  # fmt: skip
 
 tracking_watermarks = Table(
     "tracking_watermarks",
@@ -295,6 +331,13 @@ delivery_kpis = Table(
     Column("unique_clicks", Integer, nullable=False, server_default="0"),
     Column("clicks", Integer, nullable=False, server_default="0"),
     Column("click_through_rate", Float, comment="unique_clicks / delivered"),
+    Column("human_unique_opens", Integer, server_default="0", comment="recipients who opened, machines left out"),
+    Column("human_open_rate", Float, comment="human_unique_opens / delivered"),
+    Column("human_unique_clicks", Integer, server_default="0", comment="recipients who clicked, machines left out"),
+    Column("human_clicks", Integer, server_default="0"),
+    Column("human_click_through_rate", Float, comment="human_unique_clicks / delivered"),
+    Column("complaints", Integer, server_default="0", comment="recipients who reported the message as spam"),
+    Column("complaint_rate", Float, comment="complaints / delivered"),
     Column("computed_at", DateTime(timezone=True), nullable=False),
     Column("rates_updated_at", DateTime(timezone=True)),
 )

@@ -27,7 +27,8 @@ DEFAULT_LAG_SECONDS = 30.0
 KPI_COLUMNS = (
     "to_deliver", "delivered", "bounces_errors", "hard_bounces", "soft_bounces", "errors", "ignored", "cancelled",
     "processed",    "delivered_rate", "bounce_error_rate", "unique_opens", "open_rate", "unique_clicks", "clicks",
-    "click_through_rate",
+    "click_through_rate", "human_unique_opens", "human_open_rate", "human_unique_clicks", "human_clicks",
+    "human_click_through_rate", "complaints", "complaint_rate",
 )  # fmt: skip
 
 

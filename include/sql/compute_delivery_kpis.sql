@@ -34,7 +34,20 @@ engagement AS MATERIALIZED (
         (SELECT COUNT(*) FROM delivery_engagement WHERE delivery_id = :delivery_id) AS unique_opens,
         (SELECT COUNT(*) FROM delivery_engagement WHERE delivery_id = :delivery_id AND clicks > 0) AS unique_clicks,
         (SELECT COALESCE(SUM(clicks), 0) FROM delivery_engagement
-         WHERE delivery_id = :delivery_id AND clicks > 0) AS clicks
+         WHERE delivery_id = :delivery_id AND clicks > 0) AS clicks,
+        -- The same without the opens and clicks machines made (tracking_logs.machine).
+        (SELECT COUNT(*) FROM delivery_engagement
+         WHERE delivery_id = :delivery_id AND first_human_open_at IS NOT NULL) AS human_unique_opens,
+        (SELECT COUNT(*) FROM delivery_engagement
+         WHERE delivery_id = :delivery_id AND first_human_click_at IS NOT NULL) AS human_unique_clicks,
+        (SELECT COALESCE(SUM(human_clicks), 0) FROM delivery_engagement
+         WHERE delivery_id = :delivery_id AND human_clicks > 0) AS human_clicks
+),
+complaints AS MATERIALIZED (
+    -- At most one complaint event per recipient (unique index tracking_logs_one_complaint).
+    SELECT COUNT(*) AS complaints
+    FROM tracking_logs
+    WHERE delivery_id = :delivery_id AND event_type = 'complaint'
 )
 SELECT
     targets.to_deliver,
@@ -54,5 +67,12 @@ SELECT
     CAST(engagement.unique_opens AS DOUBLE PRECISION) / NULLIF(counts.delivered, 0) AS open_rate,
     engagement.unique_clicks,
     engagement.clicks,
-    CAST(engagement.unique_clicks AS DOUBLE PRECISION) / NULLIF(counts.delivered, 0) AS click_through_rate
-FROM counts, targets, engagement
+    CAST(engagement.unique_clicks AS DOUBLE PRECISION) / NULLIF(counts.delivered, 0) AS click_through_rate,
+    engagement.human_unique_opens,
+    CAST(engagement.human_unique_opens AS DOUBLE PRECISION) / NULLIF(counts.delivered, 0) AS human_open_rate,
+    engagement.human_unique_clicks,
+    engagement.human_clicks,
+    CAST(engagement.human_unique_clicks AS DOUBLE PRECISION) / NULLIF(counts.delivered, 0) AS human_click_through_rate,
+    complaints.complaints,
+    CAST(complaints.complaints AS DOUBLE PRECISION) / NULLIF(counts.delivered, 0) AS complaint_rate
+FROM counts, targets, engagement, complaints

@@ -1,10 +1,14 @@
 INSERT INTO delivery_kpis (delivery_id, to_deliver, delivered, bounces_errors, hard_bounces, soft_bounces,
                            errors, ignored, cancelled, processed, delivered_rate, bounce_error_rate, unique_opens,
-                           open_rate, unique_clicks, clicks, click_through_rate, computed_at,
+                           open_rate, unique_clicks, clicks, click_through_rate, human_unique_opens,
+                           human_open_rate, human_unique_clicks, human_clicks, human_click_through_rate,
+                           complaints, complaint_rate, computed_at,
                            rates_updated_at)
 VALUES (:delivery_id, :to_deliver, :delivered, :bounces_errors, :hard_bounces, :soft_bounces,
         :errors, :ignored, :cancelled, :processed, :delivered_rate, :bounce_error_rate, :unique_opens,
-        :open_rate, :unique_clicks, :clicks, :click_through_rate, :computed_at, :computed_at)
+        :open_rate, :unique_clicks, :clicks, :click_through_rate, :human_unique_opens,
+        :human_open_rate, :human_unique_clicks, :human_clicks, :human_click_through_rate,
+        :complaints, :complaint_rate, :computed_at, :computed_at)
 ON CONFLICT (delivery_id) DO UPDATE SET
     to_deliver = excluded.to_deliver,
     delivered = excluded.delivered,
@@ -22,5 +26,12 @@ ON CONFLICT (delivery_id) DO UPDATE SET
     unique_clicks = excluded.unique_clicks,
     clicks = excluded.clicks,
     click_through_rate = excluded.click_through_rate,
+    human_unique_opens = excluded.human_unique_opens,
+    human_open_rate = excluded.human_open_rate,
+    human_unique_clicks = excluded.human_unique_clicks,
+    human_clicks = excluded.human_clicks,
+    human_click_through_rate = excluded.human_click_through_rate,
+    complaints = excluded.complaints,
+    complaint_rate = excluded.complaint_rate,
     computed_at = excluded.computed_at,
     rates_updated_at = excluded.rates_updated_at
