@@ -9,6 +9,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from campaign import stats
 from campaign.airflow_glue import campaign_engine, says_why
+from campaign.schema import MAX_ID
 from dag_defaults import DEFAULT_ARGS
 
 log = logging.getLogger("campaign.compute_stats")
@@ -28,6 +29,7 @@ LAG_SECONDS = stats.lag_seconds_from_env()
             None,
             type=["null", "integer"],
             minimum=1,
+            maximum=MAX_ID,
             title="Delivery",
             description="Recompute this delivery only; leave empty for every delivery confirmed in the last days.",
         ),
@@ -35,6 +37,7 @@ LAG_SECONDS = stats.lag_seconds_from_env()
             7,
             type="integer",
             minimum=1,
+            maximum=36_500,
             title="Days",
             description="Without a delivery: recompute the deliveries confirmed in this many last days.",
         ),

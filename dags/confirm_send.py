@@ -18,6 +18,8 @@ from campaign.airflow_glue import (
     reschedule_while_paused,
     says_why,
 )
+from campaign.pacing import MAX_RATE
+from campaign.schema import MAX_ID
 from campaign.sending import send_chunk as send_chunk_of_delivery
 from dag_defaults import DEFAULT_ARGS
 
@@ -40,6 +42,7 @@ def _run_params() -> tuple[dict, str]:
         "delivery_id": Param(
             type="integer",
             minimum=1,
+            maximum=MAX_ID,
             title="Delivery",
             description="Id of the prepared and approved delivery to send (status ready).",
         ),
@@ -47,6 +50,7 @@ def _run_params() -> tuple[dict, str]:
             None,
             type=["null", "integer"],
             minimum=1,
+            maximum=MAX_ID,  # Airflow cannot even store a larger number: the run would never start
             title="Chunk size",
             description=(
                 "Recipients per send_chunk task. Empty: sized from the target and the slots of pool "
@@ -58,6 +62,7 @@ def _run_params() -> tuple[dict, str]:
             None,
             type=["null", "integer"],
             minimum=1,
+            maximum=MAX_RATE,
             title="Rate limit (messages an hour)",
             description=(
                 "At most this many messages an hour for the whole send, all chunks and workers together. "

@@ -36,7 +36,7 @@ from campaign.deliveries import get_delivery
 from campaign.errors import InvalidInput, RoleDenied, SendRefused
 from campaign.operators import has_role, require_start_deliveries
 from campaign.rendering import compile_templates, recipient_context, render
-from campaign.schema import ROLE_START_DELIVERIES
+from campaign.schema import MAX_ID, ROLE_START_DELIVERIES
 from campaign.tracking import extract_links
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ def require_sender(engine: Engine, login: str | None, delivery_id: Any, run_id: 
     try:
         return require_start_deliveries(engine, login)
     except RoleDenied as exc:
-        if isinstance(delivery_id, int) and not isinstance(delivery_id, bool):
+        if isinstance(delivery_id, int) and not isinstance(delivery_id, bool) and 1 <= delivery_id <= MAX_ID:
             with engine.begin() as conn:
                 exists = conn.execute(sql("select_delivery_exists"), {"delivery_id": delivery_id}).first()
             if exists:

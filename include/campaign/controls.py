@@ -37,17 +37,23 @@ from campaign.clock import as_datetime, utcnow
 from campaign.db import sql
 from campaign.errors import ConfigurationError, DeliveryNotFound, DeliveryStateError, InvalidInput, RoleDenied
 from campaign.operators import has_role
-from campaign.schema import ROLE_START_DELIVERIES
+from campaign.schema import ROLE_START_DELIVERIES, check_delivery_id
 from campaign.settings import seconds_list
 
 DEFAULT_BRAKE_THRESHOLD = 30.0  # percent of processed messages that bounced or failed
 DEFAULT_BRAKE_WINDOW = 500  # the last so many processed messages of the delivery
+MAX_BRAKE_WINDOW = 1_000_000  # a window read after every failing commit must stay a short read
 # A rate over fewer messages says nothing about the relay: 1 bounce among the first 2 messages
 # is not a 50 % failure rate. The brake waits for this many (or the whole window, if smaller).
 BRAKE_MIN_SAMPLE = 20
 
 PAUSE_RECHECK_ENV = "CAMPAIGN_PAUSE_RECHECK_SECONDS"
-DEFAULT_PAUSE_RECHECK = (5.0, 60.0)
+# At least 30 s: Airflow 3.3.2's scheduler can take the previous exit of a rescheduled task for
+# the end of its next start when it handles that exit late (a busy machine, seconds), and then
+# marks the task up_for_retry ("finished with state success, but the task instance's state
+# attribute is queued"): each such lost try costs a retry, and four of them failed a paused send
+# in a fresh user's test with 5 s. At most 120 s: the longest wait for a resume.
+DEFAULT_PAUSE_RECHECK = (30.0, 120.0)
 
 # Which control may act on which status, and the sentence for any other status.
 _ACCEPTS = {
@@ -122,10 +128,10 @@ def check_brake_window(value: Any) -> int | None:
     processed messages; raises ``InvalidInput`` naming the value otherwise."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BRAKE_WINDOW:
         raise InvalidInput(
-            f"brake_window must be a whole number of messages, at least 1 (or empty for {DEFAULT_BRAKE_WINDOW}), "
-            f"got {value!r}."
+            f"brake_window must be a whole number of messages from 1 to {MAX_BRAKE_WINDOW:,} "
+            f"(or empty for {DEFAULT_BRAKE_WINDOW}), got {value!r}."
         )
     return value
 
@@ -133,13 +139,13 @@ def check_brake_window(value: Any) -> int | None:
 def pause_recheck_delay(state: SendState) -> float:
     """Seconds a chunk of a paused delivery sleeps, out of its worker and pool slots, before it
     looks again: a quarter of the time the delivery has been paused, within
-    ``CAMPAIGN_PAUSE_RECHECK_SECONDS`` ("min,max", default 5,60). A short pause resumes within
-    seconds; a long one costs each chunk one task start a minute, not one every few seconds.
+    ``CAMPAIGN_PAUSE_RECHECK_SECONDS`` ("min,max", default 30,120). A short pause resumes within
+    half a minute; a long one costs each chunk one task start every two minutes.
     Raises ``ConfigurationError`` for a wrong setting."""
-    bounds = seconds_list(PAUSE_RECHECK_ENV, DEFAULT_PAUSE_RECHECK, example="5,60")
+    bounds = seconds_list(PAUSE_RECHECK_ENV, DEFAULT_PAUSE_RECHECK, example="30,120")
     if len(bounds) != 2 or bounds[0] > bounds[1] or bounds[0] <= 0:
         raise ConfigurationError(
-            f"{PAUSE_RECHECK_ENV} must be two seconds, the shortest and the longest sleep, such as 5,60; "
+            f"{PAUSE_RECHECK_ENV} must be two seconds, the shortest and the longest sleep, such as 30,120; "
             f"got {','.join(f'{b:g}' for b in bounds)}."
         )
     paused_for = 0.0 if state.paused_at is None else (utcnow() - state.paused_at).total_seconds()
@@ -214,10 +220,15 @@ def stop(engine: Engine, delivery_id: int, by: str | None, reason: str | None = 
     return _control(engine, delivery_id, "stopped", by, reason)
 
 
+MAX_REASON_LENGTH = 500
+
+
 def _control(engine: Engine, delivery_id: Any, action: str, by: str | None, reason: str | None) -> str:
     verb = _VERB[action]
-    if isinstance(delivery_id, bool) or not isinstance(delivery_id, int) or delivery_id < 1:
-        raise InvalidInput(f"The delivery to {verb} must be a delivery id (a whole number ≥ 1), got {delivery_id!r}.")
+    delivery_id = check_delivery_id(delivery_id)
+    reason = (reason or "").strip() or None
+    if reason is not None and len(reason) > MAX_REASON_LENGTH:
+        raise InvalidInput(f"The reason is {len(reason):,} characters long; at most {MAX_REASON_LENGTH} are kept.")
     if not by:
         raise RoleDenied(f"Nobody to {verb} delivery {delivery_id} as: give the operator's login.")
     if not has_role(engine, by, ROLE_START_DELIVERIES):
@@ -225,14 +236,17 @@ def _control(engine: Engine, delivery_id: Any, action: str, by: str | None, reas
             f"User {by!r} may not {verb} delivery {delivery_id}: only operators with the Start deliveries role "
             "can control a send."
         )
-    detail = f"{action} by {by}"
-    if reason:
-        detail += f": {reason.strip()}"
+    detail = f"{action} by {by}" + (f": {reason}" if reason else "")
     with engine.begin() as conn:
         state = send_state(conn, delivery_id)
         if state.status not in _ACCEPTS[action] or not _change(conn, delivery_id, action, by, detail, state.run_id):
             current = send_state(conn, delivery_id).status
-            raise DeliveryStateError(f"Delivery {delivery_id} is {current}: {_WHY_NOT[action]}. Nothing was changed.")
+            # Of two controls at once the loser learns who won, not only the state it left.
+            last = conn.execute(sql("select_last_control"), {"delivery_id": delivery_id}).scalar()
+            since = f" ({last})" if last and current in ("paused", "stopping", "stopped") else ""
+            raise DeliveryStateError(
+                f"Delivery {delivery_id} is {current}{since}: {_WHY_NOT[action]}. Nothing was changed."
+            )
     return f"Delivery {delivery_id} {detail}."
 
 
@@ -256,6 +270,23 @@ def _change(
             "detail": detail,
         },
     )
+    return True
+
+
+def reopen_failed_send(engine: Engine, delivery_id: int, run_id: str) -> bool:
+    """A ``failed`` send whose run runs a chunk again (an operator cleared the failed tasks, as
+    the failure's sentence says to) is ``sending`` again: else it could not be paused or
+    stopped while it sends. Recorded once as ``resumed`` with no actor; True when this call
+    reopened it."""
+    with engine.begin() as conn:
+        if conn.execute(sql("reopen_failed_send"), {"delivery_id": delivery_id, "run_id": run_id}).rowcount != 1:
+            return False
+        detail = "resumed: a send_chunk task of the failed run runs again (cleared in Airflow)"
+        conn.execute(
+            sql("insert_delivery_audit"),
+            {"delivery_id": delivery_id, "run_id": run_id, "action": "resumed", "actor": None, "at": utcnow(),
+             "detail": detail},
+        )  # fmt: skip
     return True
 
 

@@ -18,7 +18,7 @@ from campaign.errors import DeliveryNotFound, DeliveryStateError, InvalidAddress
 from campaign.pacing import check_max_rate
 from campaign.profiles import normalize_email
 from campaign.rendering import DeliveryContent, compile_templates
-from campaign.schema import deliveries
+from campaign.schema import check_delivery_id, deliveries
 
 SPEC_FIELDS = {
     "label", "sender", "subject", "text", "html", "text_file", "html_file", "tracking", "max_rate",
@@ -56,6 +56,7 @@ class Delivery:
 
 
 def get_delivery(conn: Connection, delivery_id: int) -> Delivery:
+    check_delivery_id(delivery_id)
     row = conn.execute(select(deliveries).where(deliveries.c.id == delivery_id)).mappings().first()
     if row is None:
         raise DeliveryNotFound(f"Delivery {delivery_id} does not exist.")

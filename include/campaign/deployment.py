@@ -19,7 +19,7 @@ from campaign.db import sql
 from campaign.errors import DeliveryNotFound
 from campaign.operators import has_role
 from campaign.profiles import profile_history
-from campaign.schema import LOG_STATUSES, ROLE_START_DELIVERIES
+from campaign.schema import LOG_STATUSES, ROLE_START_DELIVERIES, check_delivery_id
 
 # The audit entries that say why a delivery is held: shown above its progress.
 HOLDING_ACTIONS = ("paused", "auto_paused", "stopped")
@@ -58,6 +58,7 @@ def list_deliveries(engine: Engine, limit: int = 200) -> list[dict[str, Any]]:
 
 
 def delivery_detail(engine: Engine, delivery_id: int) -> dict[str, Any]:
+    check_delivery_id(delivery_id)
     with engine.begin() as conn:
         row = conn.execute(sql("deployment_delivery"), {"delivery_id": delivery_id}).mappings().first()
         if row is None:

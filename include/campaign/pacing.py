@@ -26,6 +26,8 @@ from campaign.errors import InvalidInput
 # A reservation covers about this many seconds of sending: few round trips to the database, and
 # a chunk that ends leaves at most that much of its reservation unused.
 RESERVE_SECONDS = 1.0
+# 27,777 messages a second: beyond any relay, and within the column's 32 bits.
+MAX_RATE = 100_000_000
 MAX_RESERVATION = 200
 
 
@@ -34,9 +36,10 @@ def check_max_rate(value: Any) -> int | None:
     messages an hour; raises ``InvalidInput`` naming the value otherwise."""
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_RATE:
         raise InvalidInput(
-            f"max_rate must be a whole number of messages an hour, at least 1 (or empty for no limit), got {value!r}."
+            f"max_rate must be a whole number of messages an hour from 1 to {MAX_RATE:,} "
+            f"(or empty for no limit), got {value!r}."
         )
     return value
 
@@ -66,18 +69,23 @@ class Pacer:
         self._next_slot = 0.0
         self.waited = 0.0  # seconds slept, for the task's summary line
 
-    def wait(self, left: int | None = None) -> None:
+    def wait(self, left: int | None = None, meanwhile: Callable[[], None] | None = None, every: float = 1.0) -> None:
         """Block until the next message of this chunk may go. ``left``: at most so many messages
         remain in the chunk, this one included; no more slots than that are reserved, since a
-        slot reserved and never used holds every other chunk back by one interval."""
+        slot reserved and never used holds every other chunk back by one interval.
+        ``meanwhile`` is called every ``every`` seconds of a long wait (at a low rate a slot can
+        be minutes away): the sender looks at its controls there, and a pause raised from it
+        leaves the slot unused rather than sending one more message after the pause."""
         if self._slots_left == 0:
             slots = self.reservation if left is None else max(1, min(self.reservation, left))
             self._next_slot = self._reserve(slots)
             self._slots_left = slots
-        delay = self._next_slot - self.clock()
-        if delay > 0:
-            self.sleep(delay)
-            self.waited += delay
+        while (delay := self._next_slot - self.clock()) > 0:
+            step = min(delay, every) if meanwhile is not None and every > 0 else delay
+            self.sleep(step)
+            self.waited += step
+            if meanwhile is not None and step < delay:
+                meanwhile()
         self._next_slot += self.interval
         self._slots_left -= 1
 

@@ -6,6 +6,7 @@ Created from this metadata so that SQLite and PostgreSQL get the same tables, ke
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -34,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.schema import AddConstraint, CreateTable, DropConstraint
 
 from campaign.db import sql
+from campaign.errors import DeliveryNotFound, InvalidInput
 
 metadata = MetaData()
 
@@ -58,6 +60,20 @@ AUDIT_ACTIONS = (
 
 # Auto-increment keys: BIGINT on PostgreSQL, INTEGER PRIMARY KEY (the rowid) on SQLite.
 Id = BigInteger().with_variant(Integer, "sqlite")
+# Both are 64-bit: a number beyond names no row, and must be said so before it reaches a driver
+# that cannot even bind it (check_delivery_id).
+MAX_ID = 2**63 - 1
+
+
+def check_delivery_id(value: Any) -> int:
+    """``value`` as a delivery id: a whole number from 1 to ``MAX_ID``; raises
+    ``DeliveryNotFound`` for a number outside (no such delivery can exist) and ``InvalidInput``
+    for anything that is not a whole number."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"A delivery id is a whole number, got {value!r}.")
+    if not 1 <= value <= MAX_ID:
+        raise DeliveryNotFound(f"Delivery {value} does not exist.")
+    return value
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:

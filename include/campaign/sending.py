@@ -87,7 +87,9 @@ class ChunkResult:
         }
 
     def summary_line(self) -> str:
-        """The task log's one line for the data team: counts, time, rate, reconnections, memory."""
+        """The task log's one line for the data team: counts, time, rate, reconnections, memory.
+        The counts are this attempt's (a retried or resumed chunk skips the recipients its earlier
+        attempts logged): the delivery's totals are aggregate_kpis' table."""
         processed = sum(self.counts.values())
         rate = processed / self.seconds if self.seconds else 0.0
         memory = "unknown" if self.peak_rss_mib is None else f"{self.peak_rss_mib} MiB"
@@ -97,7 +99,7 @@ class ChunkResult:
             else ""
         )
         return (
-            f"send_chunk: seq {self.first_seq}-{self.last_seq} sent={self.counts['sent']} "
+            f"send_chunk: seq {self.first_seq}-{self.last_seq}, this attempt: sent={self.counts['sent']} "
             f"bounced={self.counts['bounced']} failed={self.counts['failed']} ignored={self.counts['ignored']} "
             f"in {self.seconds:.2f}s ({rate:.0f} recipients/s), {self.reconnects} reconnections, "
             f"peak memory {memory}{paced}" + (f"; ended early: {self.held}" if self.held else "")
@@ -340,7 +342,7 @@ class _ChunkSender:
         again, or raises ``SmtpUnavailable`` when the relay stays unreachable.
         """
         if self.pacer is not None:
-            self.pacer.wait(left)
+            self.pacer.wait(left, meanwhile=self.check_controls, every=CONTROL_CHECK_SECONDS)
         try:
             reply = relay.send(message.envelope_from, message.envelope_to, message.data, message.mail_options)
         except MessageNotSendable as exc:
@@ -460,6 +462,8 @@ def send_chunk(
             f"Delivery {delivery_id} is {delivery.status} and owned by run {delivery.run_id!r}, "
             f"not by this run ({run_id!r}); this chunk sends nothing."
         )
+    if delivery.status == "failed" and controls.reopen_failed_send(engine, delivery_id, run_id):
+        log.info("send_chunk: delivery %s was failed; this run sends again, so it is sending again", delivery_id)
     result = ChunkResult(first_seq, last_seq)
     sender = _ChunkSender(engine, delivery, run_id, result, commit_every)
     try:

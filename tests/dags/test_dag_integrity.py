@@ -100,3 +100,15 @@ def test_compute_stats_is_manual_with_a_form(dagbag: DagBag) -> None:
     dag = dagbag.get_dag("compute_stats")
     assert dag.schedule is None
     assert dag.params["delivery_id"] is None and dag.params["days"] == 7
+
+
+@pytest.mark.parametrize("dag_id", ["confirm_send", "compute_stats"])
+def test_every_number_of_a_form_is_bounded(dagbag: DagBag, dag_id: str) -> None:
+    """Fresh-user finding: a max_rate of 10**23 passed the form, and Airflow could not store the
+    run's conf (ints beyond 64 bits): no task ever started and nothing said why."""
+    params = dagbag.get_dag(dag_id).params
+    for name in params:
+        schema = params.get_param(name).schema
+        kinds = schema.get("type")
+        if "integer" in (kinds if isinstance(kinds, list) else [kinds]):
+            assert 1 <= schema.get("maximum", 2**64) <= 2**63 - 1, f"{dag_id}.{name} has no 64-bit maximum"

@@ -217,7 +217,8 @@ def test_delivery_pause_resume_stop_as_an_operator_with_the_role(run, db_url: st
     assert run("delivery", "pause", "1", "--by", "alice") == (
         2,
         "",
-        "campaign: Delivery 1 is paused: only a delivery that is sending can be paused. Nothing was changed.\n",
+        "campaign: Delivery 1 is paused (paused by alice: relay maintenance): only a delivery that is sending "
+        "can be paused. Nothing was changed.\n",
     )
     assert run("delivery", "resume", "1", "--by", "bob") == (
         2,
@@ -228,6 +229,17 @@ def test_delivery_pause_resume_stop_as_an_operator_with_the_role(run, db_url: st
     assert run("delivery", "resume", "1", "--by", "alice") == (0, "Delivery 1 resumed by alice.\n", "")
     assert run("delivery", "stop", "1", "--by", "alice") == (0, "Delivery 1 stopped by alice.\n", "")
     assert run("delivery", "list")[1].splitlines()[1].split()[:2] == ["1", "stopping"]
+
+
+def test_a_delivery_id_beyond_64_bits_is_a_sentence_not_a_traceback(run) -> None:
+    """Fresh-user finding: the driver's OverflowError reached the operator as a traceback."""
+    assert run("init-db")[0] == 0
+    for argv in (
+        ("delivery", "pause", "99999999999999999999", "--by", "alice"),
+        ("delivery", "prepare", "99999999999999999999"),
+        ("delivery", "approve", "99999999999999999999"),
+    ):
+        assert run(*argv) == (2, "", "campaign: Delivery 99999999999999999999 does not exist.\n"), argv
 
 
 def test_a_control_without_by_is_a_usage_error(run, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,7 @@ from testsupport import start_confirmed_send, wait_for
 
 from campaign import confirm, controls, deliveries, operators, sending, stats
 from campaign.dev.smtp import Rule, Stage, connection_factory, running_server
-from campaign.errors import DeliveryNotFound, DeliveryStateError, InvalidInput, RoleDenied
+from campaign.errors import DeliveryNotFound, DeliveryStateError, InvalidInput, RoleDenied, SendConflict
 from campaign.schema import ROLE_START_DELIVERIES
 from campaign.sending import ChunkHeld, send_chunk
 
@@ -92,9 +92,13 @@ def test_pause_resume_stop_change_the_status_and_each_is_on_the_audit(
     ("setup", "control", "sentence"),
     [
         ([], controls.resume, "is sending: only a paused delivery can be resumed"),
-        (["pause"], controls.pause, "is paused: only a delivery that is sending can be paused"),
-        (["stop"], controls.pause, "is stopping: only a delivery that is sending can be paused"),
-        (["stop"], controls.stop, "is stopping: only a delivery that is sending or paused can be stopped"),
+        (["pause"], controls.pause, "is paused (paused by alice): only a delivery that is sending can be paused"),
+        (["stop"], controls.pause, "is stopping (stopped by alice): only a delivery that is sending can be paused"),
+        (
+            ["stop"],
+            controls.stop,
+            "is stopping (stopped by alice): only a delivery that is sending or paused can be stopped",
+        ),
         (["sent"], controls.stop, "is sent: only a delivery that is sending or paused can be stopped"),
         (["sent"], controls.pause, "is sent: only a delivery that is sending can be paused"),
     ],
@@ -140,11 +144,39 @@ def test_only_holders_of_start_deliveries_control_a_send(
 
 
 def test_an_unknown_or_malformed_delivery_is_named(campaign_db, operators_alice_bob) -> None:
-    with pytest.raises(DeliveryNotFound, match="Delivery 999 does not exist"):
-        controls.pause(campaign_db.engine, 999, "alice")
-    for wrong in (0, -3, "7", 2.0, True):
-        with pytest.raises(InvalidInput, match="must be a delivery id"):
+    # Fresh-user finding: a number beyond 64 bits was a driver's OverflowError and a traceback.
+    for unknown in (999, 0, -3, 2**63, 10**20):
+        with pytest.raises(DeliveryNotFound, match=f"^Delivery {unknown} does not exist.$"):
+            controls.pause(campaign_db.engine, unknown, "alice")
+    for wrong in ("7", 2.0, True):
+        with pytest.raises(InvalidInput, match="A delivery id is a whole number"):
             controls.resume(campaign_db.engine, wrong, "alice")
+
+
+def test_a_reason_is_trimmed_and_kept_short(campaign_db, add_profiles, new_delivery, operators_alice_bob) -> None:
+    engine = campaign_db.engine
+    delivery_id = _sending(engine, add_profiles, new_delivery, ["a@example.test"])
+    with pytest.raises(InvalidInput, match="The reason is 501 characters long; at most 500 are kept"):
+        controls.pause(engine, delivery_id, "alice", "x" * 501)
+    assert controls.pause(engine, delivery_id, "alice", "   ") == f"Delivery {delivery_id} paused by alice."
+    assert controls.resume(engine, delivery_id, "alice", " new relay \n") == (
+        f"Delivery {delivery_id} resumed by alice: new relay."
+    )
+
+
+def test_the_loser_of_two_controls_is_told_who_won(
+    campaign_db, add_profiles, new_delivery, operators_alice_bob
+) -> None:
+    engine = campaign_db.engine
+    delivery_id = _sending(engine, add_profiles, new_delivery, ["a@example.test"])
+    operators.grant_role(engine, "bob", ROLE_START_DELIVERIES)
+    controls.pause(engine, delivery_id, "bob", "legal check")
+    with pytest.raises(DeliveryStateError) as refused:
+        controls.pause(engine, delivery_id, "alice")
+    assert str(refused.value) == (
+        f"Delivery {delivery_id} is paused (paused by bob: legal check): only a delivery that is sending can be "
+        "paused. Nothing was changed."
+    )
 
 
 def test_of_two_pauses_at_once_exactly_one_is_recorded(
@@ -178,9 +210,9 @@ def test_a_brake_threshold_outside_0_to_100_percent_is_refused(campaign_db, new_
         new_delivery(campaign_db.engine, brake_threshold=value)
 
 
-@pytest.mark.parametrize("value", [0, -5, 2.5, "500", False])
+@pytest.mark.parametrize("value", [0, -5, 2.5, "500", False, 1_000_001, 10**23])
 def test_a_brake_window_that_is_not_a_count_is_refused(campaign_db, new_delivery, value) -> None:
-    with pytest.raises(InvalidInput, match="brake_window must be a whole number of messages, at least 1"):
+    with pytest.raises(InvalidInput, match="brake_window must be a whole number of messages from 1 to 1,000,000"):
         new_delivery(campaign_db.engine, brake_window=value)
 
 
@@ -329,3 +361,26 @@ def test_a_delivery_threshold_and_window_are_what_the_brake_uses(
     assert held.value.reason == (
         "automatic brake: 3 of the last 21 processed messages bounced or failed (14.3 % > 5 %, window 40)"
     )
+
+
+def test_a_failed_send_whose_chunk_runs_again_is_sending_and_can_be_paused(
+    campaign_db, tmp_path, add_profiles, new_delivery, operators_alice_bob
+) -> None:
+    """Fresh-user finding: after clearing a failed send's tasks (as its sentence says) the chunks
+    sent while the delivery stayed failed, and pause and stop were refused."""
+    engine = campaign_db.engine
+    addresses = [f"r{i}@example.test" for i in range(6)]
+    delivery_id = _sending(engine, add_profiles, new_delivery, addresses)
+    assert confirm.finish_send(engine, delivery_id, RUN, stats.compute_kpis(engine, delivery_id)) == "failed"
+
+    with running_server(tmp_path / "maildir") as (port, server):
+        with pytest.raises(SendConflict):
+            send_chunk(engine, delivery_id, "another-run", 1, 3, connection_factory(port))
+        assert _status(engine, delivery_id) == "failed", "only the run that owns the send reopens it"
+        assert send_chunk(engine, delivery_id, RUN, 1, 3, connection_factory(port)).counts == {"sent": 3}
+
+    assert _status(engine, delivery_id) == "sending"
+    assert _audit(engine, delivery_id) == [
+        ("resumed", None, "resumed: a send_chunk task of the failed run runs again (cleared in Airflow)")
+    ]
+    assert controls.pause(engine, delivery_id, "alice") == f"Delivery {delivery_id} paused by alice."

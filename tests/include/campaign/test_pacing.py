@@ -85,6 +85,30 @@ def test_a_chunk_near_its_end_reserves_no_slot_it_will_not_use(campaign_db, read
     assert other.waited == pytest.approx(0.1), "the other chunk goes one interval later"
 
 
+def test_a_long_wait_for_a_slot_looks_at_the_controls_every_second(campaign_db, ready_delivery) -> None:
+    """Fresh-user finding: at 60 an hour a pause took effect only after the minute-long wait for
+    the slot, and one more message went out after it."""
+    engine = campaign_db.engine
+    delivery_id = ready_delivery(engine)
+    clock = Clock()
+    pacer = Pacer(engine, delivery_id, 60, clock.time, clock.sleep)  # one a minute
+    pacer.wait()
+    looks = []
+
+    class Paused(Exception):
+        pass
+
+    def controls() -> None:
+        looks.append(clock.now)
+        if len(looks) == 3:
+            raise Paused
+
+    with pytest.raises(Paused):
+        pacer.wait(meanwhile=controls, every=1.0)
+    assert [round(b - a, 6) for a, b in zip(looks, looks[1:], strict=False)] == [1.0, 1.0]
+    assert pacer.waited == pytest.approx(3.0), "stopped waiting at the pause, not at the slot"
+
+
 def test_each_delivery_has_its_own_schedule(campaign_db, ready_delivery) -> None:
     engine = campaign_db.engine
     first, second = ready_delivery(engine), ready_delivery(engine, recipients=0)
@@ -98,20 +122,22 @@ def test_each_delivery_has_its_own_schedule(campaign_db, ready_delivery) -> None
     assert a.waited == b.waited == 0
 
 
-@pytest.mark.parametrize("value", [0, -5, 1.5, "60", True])
+@pytest.mark.parametrize("value", [0, -5, 1.5, "60", True, 100_000_001, 10**23])
 def test_max_rate_must_be_a_positive_whole_number(value) -> None:
     with pytest.raises(InvalidInput) as excinfo:
         check_max_rate(value)
 
     assert str(excinfo.value) == (
-        f"max_rate must be a whole number of messages an hour, at least 1 (or empty for no limit), got {value!r}."
+        f"max_rate must be a whole number of messages an hour from 1 to 100,000,000 (or empty for no limit), "
+        f"got {value!r}."
     )
     assert check_max_rate(None) is None and check_max_rate(3_600) == 3_600
 
 
-def test_a_spec_with_a_bad_max_rate_is_refused_and_nothing_is_created(sqlite_db, new_delivery) -> None:
+@pytest.mark.parametrize("value", [0, 10**23])
+def test_a_spec_with_a_bad_max_rate_is_refused_and_nothing_is_created(sqlite_db, new_delivery, value) -> None:
     with pytest.raises(InvalidInput, match="max_rate must be a whole number of messages an hour"):
-        new_delivery(sqlite_db.engine, max_rate=0)
+        new_delivery(sqlite_db.engine, max_rate=value)
 
     with sqlite_db.engine.begin() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM deliveries")).scalar_one() == 0

@@ -99,6 +99,17 @@ def test_a_control_that_does_not_apply_is_409_with_its_sentence(campaign_db, sen
     assert _status(campaign_db.engine, delivery_id) == "sending"
 
 
+@pytest.mark.parametrize("delivery_id", ["0", "-1", "99999999999999999999"])
+def test_a_delivery_id_that_names_no_delivery_is_404_everywhere(campaign_db, sending, delivery_id) -> None:
+    """Fresh-user finding: an id beyond 64 bits was a 500 (the driver's OverflowError)."""
+    client, _ = sending
+    alice = {"X-User": "alice"}
+    assert client.get(f"/api/deliveries/{delivery_id}", headers=alice).status_code == 404
+    assert client.get(f"/deliveries/{delivery_id}", headers=alice).status_code == 404
+    refused = client.post(f"/api/deliveries/{delivery_id}/pause", json={}, headers=alice)
+    assert (refused.status_code, refused.json()) == (404, {"detail": f"Delivery {delivery_id} does not exist."})
+
+
 def test_a_form_post_from_another_site_cannot_pause(campaign_db, sending) -> None:
     """A cross-site form can send form-encoded bodies without asking the server first; only
     JSON, which a browser only sends cross-site after a CORS preflight, is taken."""
