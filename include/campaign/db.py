@@ -106,15 +106,19 @@ def _begin_immediate(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str | URL) -> Engine:
-    """An engine for the campaign database, configured for concurrent writers on SQLite."""
+def make_engine(url: str | URL, **pool: int) -> Engine:
+    """An engine for the campaign database, configured for concurrent writers on SQLite.
+
+    ``pool`` takes SQLAlchemy's pool sizes (``pool_size``, ``max_overflow``) for a process that
+    sizes its connections itself, such as the standalone tracking service; the defaults otherwise.
+    """
     url = make_url(url)
     if url.get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **pool)
         event.listen(engine, "connect", _set_sqlite_pragmas)
         event.listen(engine, "begin", _begin_immediate)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 @contextmanager

@@ -1,5 +1,6 @@
 """docker-compose.yaml, read by a real compose parser (Debian's docker-compose), names what the
-project expects: images, commands, mounts, Python path, Connections, separate databases."""
+project expects: images, commands, mounts, Python path, Connections, separate databases, and the
+tracking service as the only one facing the internet (its command run for real against SQLite)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,22 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
+from testsupport import free_port, wait_for
 
 from campaign.airflow_glue import CAMPAIGN_DB_CONN_ID, CAMPAIGN_SMTP_CONN_ID
 from campaign.db import url_from_connection_fields
 from campaign.dev.airflow_harness import FAB_AUTH_MANAGER
+from campaign.dev.tracking_process import service_env
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_SERVICES = {
@@ -25,7 +33,7 @@ AIRFLOW_SERVICES = {
     "airflow-worker": "celery worker",
     "airflow-triggerer": "triggerer",
 }
-OTHER_SERVICES = {"postgres", "redis", "mailpit", "airflow-init"}
+OTHER_SERVICES = {"postgres", "redis", "mailpit", "airflow-init", "tracking"}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +47,9 @@ def compose(tmp_path_factory) -> dict:
     for name in ("docker-compose.yaml", "Dockerfile"):
         shutil.copy(ROOT / name, project / name)
     shutil.copy(ROOT / ".env.example", project / ".env")
-    result = subprocess.run([tool, "config"], cwd=project, capture_output=True, text=True, timeout=120)
+    # Compose prefers the shell's variables to .env's: the test session's own (conftest.py) must not leak in.
+    shell = {key: value for key, value in os.environ.items() if not key.startswith(("CAMPAIGN_", "AIRFLOW"))}
+    result = subprocess.run([tool, "config"], cwd=project, env=shell, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "is not set" not in result.stderr, f".env.example misses a variable: {result.stderr}"
     return yaml.safe_load(result.stdout)
@@ -191,3 +201,107 @@ def test_dotenv_example_secrets_say_change_me_and_stay_out_of_the_compose_file()
             assert value.startswith("change-me"), key
             assert value not in compose_text, key
     assert re.findall(r"--password (\S+)", compose_text) == ['"$$3"'], "passwords come from .env only"
+
+
+# ---------------------------------------------------------------- the tracking service
+
+
+def _published(entry) -> tuple[str, int, int]:
+    """(host address, published port, container port) of a ``ports`` entry in either of the forms
+    compose writes it ("127.0.0.1:8080:8080/tcp", or a mapping)."""
+    if isinstance(entry, dict):
+        return entry.get("host_ip", "0.0.0.0"), int(entry["published"]), int(entry["target"])
+    *host, published, target = entry.split("/")[0].split(":")
+    return (host[0] if host else "0.0.0.0"), int(published), int(target)
+
+
+def _option(command: list[str], name: str) -> str:
+    [value] = [arg.split("=", 1)[1] for arg in command if arg.startswith(f"{name}=")]
+    return value
+
+
+def test_only_the_tracking_service_faces_the_internet(compose):
+    services = compose["services"]
+    published = {name: [_published(entry) for entry in service.get("ports", [])] for name, service in services.items()}
+    everywhere = {name for name, ports in published.items() if any(host != "127.0.0.1" for host, _, _ in ports)}
+    assert everywhere == {"tracking", "mailpit"}, "mailpit is the development mail catcher, removed in production"
+    [api] = services["airflow-apiserver"]["ports"]
+    assert _published(api)[0] == "127.0.0.1", "Airflow's UI and REST API stay internal"
+    [tracking_port] = services["tracking"]["ports"]
+    _, published, target = _published(tracking_port)
+    base_url = urlsplit(env(services["airflow-worker"])["CAMPAIGN_TRACKING_BASE_URL"])
+    assert base_url.port == published, "the mails' links point at the tracking service"
+    assert int(_option(services["tracking"]["command"], "--port")) == target
+    for name in AIRFLOW_SERVICES:
+        assert env(services[name])["CAMPAIGN_TRACKING_BASE_URL"] == base_url.geturl(), name
+    # The service serves under the path of that URL (campaign.web.tracking_service).
+    assert env(services["tracking"])["CAMPAIGN_TRACKING_BASE_URL"] == base_url.geturl()
+
+
+def test_the_tracking_service_runs_uvicorn_with_the_campaign_database_and_secret_only(compose):
+    services = compose["services"]
+    tracking = services["tracking"]
+    airflow = env(services["airflow-worker"])
+    assert tracking["image"] == services["airflow-worker"]["image"]
+    assert tracking["entrypoint"] == ["/usr/bin/dumb-init", "--"], "not the image's `airflow …` entrypoint"
+    command = tracking["command"]
+    assert command[:2] == ["uvicorn", "campaign.web.tracking_service:app"]
+    assert {"--proxy-headers", "--no-access-log", "--no-server-header", "--lifespan=on"} <= set(command)
+    variables = env(tracking)
+    assert "env_file" not in tracking, "the internet-facing service gets no Airflow setting or secret"
+    assert not [key for key in variables if key.startswith("AIRFLOW")]
+    own = {variables["CAMPAIGN_TRACKING_SECRET"], make_url(variables["CAMPAIGN_DB_URL"]).password}
+    others = {v for k, v in _dotenv(ROOT / ".env.example").items() if re.search(r"PASSWORD|SECRET|KEY", k) and v} - own
+    assert others and not [value for value in others if any(value in held for held in variables.values())]
+    assert variables["CAMPAIGN_TRACKING_SECRET"] == airflow["CAMPAIGN_TRACKING_SECRET"]
+    connection = json.loads(airflow[f"AIRFLOW_CONN_{CAMPAIGN_DB_CONN_ID.upper()}"])
+    url = make_url(variables["CAMPAIGN_DB_URL"])
+    assert (url.get_backend_name(), url.host, url.database, url.username, url.password) == (
+        "postgresql",
+        connection["host"],
+        connection["schema"],
+        connection["login"],
+        connection["password"],
+    ), "the same campaign database as Connection campaign_db"
+    assert "/opt/airflow/include" in variables["PYTHONPATH"].split(":")
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in map(_volume, tracking["volumes"])}
+    assert set(mounts) == {"/opt/airflow/include"} and Path(mounts["/opt/airflow/include"]).name == "include"
+    assert tracking["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert tracking["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+    port = _option(command, "--port")
+    assert tracking["healthcheck"]["test"] == ["CMD", "curl", "--fail", f"http://localhost:{port}/healthz"]
+
+
+def test_the_tracking_command_of_the_compose_file_serves(compose, sqlite_db, tmp_path):
+    """The service's command and environment as compose gives them, run here on loopback against
+    a SQLite campaign database: uvicorn takes every option, the health check and the path answer."""
+    tracking = compose["services"]["tracking"]
+    port = free_port()
+    command = [a for a in tracking["command"] if not a.startswith(("--host=", "--port="))]
+    assert command[0] == "uvicorn"
+    command = [sys.executable, "-m", *command, "--host=127.0.0.1", f"--port={port}"]
+    variables = {**env(tracking), **service_env(sqlite_db.url, env(tracking)["CAMPAIGN_TRACKING_SECRET"])}
+    variables["WEB_CONCURRENCY"] = "1"  # two cores in CI
+    log = tmp_path / "tracking.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            command, env=variables, stdout=output, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True
+        )
+    try:
+
+        def healthy() -> bool:
+            assert process.poll() is None, log.read_text()
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, 30, 0.1, "the tracking service of docker-compose.yaml")
+        path = urlsplit(variables["CAMPAIGN_TRACKING_BASE_URL"]).path
+        forged = httpx.get(f"http://127.0.0.1:{port}{path}/o/1.2.{'0' * 32}", timeout=5)
+        assert (forged.status_code, forged.text) == (404, "Not found")  # the tracking app's own answer
+        assert "server" not in forged.headers
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(20)
+    assert "/o/1.2." not in log.read_text(), "no access log: paths carry recipients' tokens"

@@ -1,8 +1,11 @@
 """From a recipient's mail client to the KPI row: send, open and click over HTTP through the
-tracking app, fold with tracking_rates_hourly, repair with compute_stats (dag.test, both databases)."""
+tracking app, fold with tracking_rates_hourly, repair with compute_stats (dag.test, both databases).
+The tracking app is served both ways: mounted like the plugin mounts it, and as the standalone
+tracking service (its own uvicorn process, given only the database URL and the secret)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -17,6 +20,7 @@ from testsupport import free_port
 
 from campaign import profiles
 from campaign.dev.play_recipients import tracked_urls
+from campaign.dev.tracking_process import tracking_service
 from campaign.tokens import tracking_secret
 from campaign.web.tracking_app import create_app
 
@@ -31,9 +35,15 @@ TRACKED_SPEC = {
 }
 
 
-@pytest.fixture
-def tracking_server(campaign_db, monkeypatch):
-    """The plugin's tracking app on a real HTTP port, mounted under /campaign like on the API server."""
+@pytest.fixture(params=["plugin", "service"])
+def tracking_server(request, campaign_db, monkeypatch):
+    """The tracking endpoints on a real HTTP port under /campaign, served each way; the mails'
+    links point at them (CAMPAIGN_TRACKING_BASE_URL)."""
+    if request.param == "service":
+        with tracking_service(campaign_db.url, os.environ["CAMPAIGN_TRACKING_SECRET"], path="/campaign") as base_url:
+            monkeypatch.setenv("CAMPAIGN_TRACKING_BASE_URL", base_url)
+            yield base_url
+        return
     port = free_port()
     root = FastAPI()
     root.mount("/campaign", create_app(lambda: campaign_db.engine, tracking_secret))

@@ -1,5 +1,10 @@
-"""The public tracking endpoints over real HTTP (uvicorn on a loopback port): open pixel, click
-redirect, unsubscribe page and form; forged tokens get 404 and write nothing."""
+"""The public tracking endpoints over real HTTP: open pixel, click redirect, unsubscribe page and
+form; forged tokens get 404 and write nothing.
+
+Each test of the ``site`` fixture runs both ways the endpoints are served, on both databases:
+``plugin``, the app as the Airflow plugin mounts it under /campaign (uvicorn on a loopback port,
+in this process), and ``service``, the standalone tracking service (``campaign.web.tracking_service``)
+as its own uvicorn process given nothing but its environment variables."""
 
 from __future__ import annotations
 
@@ -15,11 +20,13 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from sqlalchemy import Engine, func, select
 from testsupport import add_profile, free_port
 
 from campaign import deliveries as delivery_steps
 from campaign.db import make_engine
+from campaign.dev.tracking_process import tracking_service
 from campaign.schema import profiles, tracking_logs
 from campaign.tokens import sign_token
 from campaign.tracking import load_links, register_links
@@ -58,12 +65,26 @@ def _serve(app) -> Iterator[str]:
         thread.join(10)
 
 
+# The two ways the endpoints are served: by the plugin in Airflow's API server, and on their own.
+WAYS = ("plugin", "service")
+PLUGIN_PREFIX = "/campaign"  # plugins/campaign_plugin.py
+
+
+@contextmanager
+def _mounted_like_the_plugin(app) -> Iterator[str]:
+    """The app under /campaign of a root app, as Airflow's API server mounts the plugin's."""
+    root = FastAPI()
+    root.mount(PLUGIN_PREFIX, app)
+    with _serve(root) as server_url:
+        yield server_url + PLUGIN_PREFIX
+
+
 @dataclass
 class Site:
     engine: Engine
     http: httpx.Client
-    base_url: str
-    provider_calls: list[int]
+    base_url: str  # the endpoints' base: http://127.0.0.1:<port>/campaign
+    provider_calls: list[int] | None  # engine look-ups of the plugin's app; None for the service
     delivery: int  # targets alice and bob; links SALE, ACCOUNT
     other: int  # targets alice and bob; link ELSEWHERE
     alice: int
@@ -91,7 +112,9 @@ def _prepared(engine: Engine, html: str) -> int:
 
 
 @contextmanager
-def _site(engine: Engine, provider: Callable[[], Engine] | None = None) -> Iterator[Site]:
+def _site(database, way: str = "plugin", provider: Callable[[], Engine] | None = None) -> Iterator[Site]:
+    """Two prepared deliveries in ``database`` (the ``campaign_db`` fixture's), served ``way``."""
+    engine = database.engine
     alice = add_profile(engine, "alice@example.test")
     bob = add_profile(engine, "bob@example.test")
     delivery = _prepared(engine, HTML.format(account=ACCOUNT))
@@ -103,16 +126,20 @@ def _site(engine: Engine, provider: Callable[[], Engine] | None = None) -> Itera
         calls.append(1)
         return provider() if provider else engine
 
-    app = create_app(counting_provider, lambda: SECRET)
+    if way == "plugin":
+        serving = _mounted_like_the_plugin(create_app(counting_provider, lambda: SECRET))
+    else:
+        assert provider is None, "the service makes its engine from CAMPAIGN_DB_URL"
+        serving = tracking_service(database.url, SECRET.decode(), path=PLUGIN_PREFIX)
     with (
-        _serve(app) as base_url,
+        serving as base_url,
         httpx.Client(base_url=base_url, follow_redirects=False, timeout=10, headers={"User-Agent": AGENT}) as http,
     ):
         yield Site(
             engine,
             http,
             base_url,
-            calls,
+            calls if way == "plugin" else None,
             delivery,
             other,
             alice,
@@ -123,9 +150,17 @@ def _site(engine: Engine, provider: Callable[[], Engine] | None = None) -> Itera
         )
 
 
+@pytest.fixture(params=WAYS)
+def site(request: pytest.FixtureRequest, campaign_db) -> Iterator[Site]:
+    """The endpoints served each way (``WAYS``), on each database."""
+    with _site(campaign_db, request.param) as site:
+        yield site
+
+
 @pytest.fixture
-def site(sqlite_db) -> Iterator[Site]:
-    with _site(sqlite_db.engine) as site:
+def plugin_site(sqlite_db) -> Iterator[Site]:
+    """The plugin's app alone: for what only it has, an engine provider made once on first use."""
+    with _site(sqlite_db) as site:
         yield site
 
 
@@ -327,13 +362,16 @@ def test_unknown_paths_and_methods_are_refused(site: Site) -> None:
     assert site.http.get("/c/").status_code == 404
     assert site.http.post(f"/o/{site.open()}").status_code == 405
     assert site.http.delete(f"/u/{site.unsubscribe()}").status_code == 405
+    for path in ("/docs", "/redoc", "/openapi.json"):  # nothing describes the endpoints to a scanner
+        assert site.http.get(path).status_code == 404, path
     assert _count(site.engine) == 0
 
 
 # ---------------------------------------------------------------- the engine
 
 
-def test_the_engine_is_made_once_on_first_use(site: Site) -> None:
+def test_the_engine_is_made_once_on_first_use(plugin_site: Site) -> None:
+    site = plugin_site
     assert site.provider_calls == []
     assert site.http.get(f"/u/{site.unsubscribe()}").status_code == 200  # shows a page, needs no database
     assert site.provider_calls == []
@@ -353,7 +391,7 @@ def test_the_engine_is_made_once_under_concurrent_first_requests(sqlite_db) -> N
         time.sleep(0.25)  # making an engine takes time (Airflow connection lookup)
         return sqlite_db.engine
 
-    with _site(sqlite_db.engine, slow_provider) as site:
+    with _site(sqlite_db, "plugin", slow_provider) as site:
         tokens = [site.open(site.alice), site.open(site.bob)] * 2
         barrier = threading.Barrier(len(tokens))
         statuses: list[int] = []
@@ -377,7 +415,7 @@ def test_the_engine_is_made_once_under_concurrent_first_requests(sqlite_db) -> N
 def test_a_database_error_is_503_not_a_crash(sqlite_db, tmp_path) -> None:
     empty = make_engine(f"sqlite:///{tmp_path / 'no-schema.db'}")  # no tables: every query fails
     try:
-        with _site(sqlite_db.engine, lambda: empty) as site:
+        with _site(sqlite_db, "plugin", lambda: empty) as site:
             response = site.http.get(f"/o/{site.open()}")
             assert response.status_code == 503
             assert response.text == "Temporarily unavailable"
@@ -391,20 +429,19 @@ def test_a_database_error_is_503_not_a_crash(sqlite_db, tmp_path) -> None:
 # ---------------------------------------------------------------- both databases
 
 
-def test_open_click_unsubscribe_on_each_database(campaign_db) -> None:
-    with _site(campaign_db.engine) as site:
-        assert site.http.get(f"/o/{site.open()}").status_code == 200
-        click = site.http.get(f"/c/{site.click(ACCOUNT)}")
-        assert (click.status_code, click.headers["location"]) == (302, ACCOUNT)
-        _assert_not_found(
-            site.http.get(f"/c/{sign_token(SECRET, 'click', site.delivery, site.alice, site.other_links[ELSEWHERE])}")
-        )
-        assert site.http.post(f"/u/{site.unsubscribe(site.bob)}").status_code == 200
+def test_open_click_unsubscribe_on_each_database(site: Site) -> None:
+    assert site.http.get(f"/o/{site.open()}").status_code == 200
+    click = site.http.get(f"/c/{site.click(ACCOUNT)}")
+    assert (click.status_code, click.headers["location"]) == (302, ACCOUNT)
+    _assert_not_found(
+        site.http.get(f"/c/{sign_token(SECRET, 'click', site.delivery, site.alice, site.other_links[ELSEWHERE])}")
+    )
+    assert site.http.post(f"/u/{site.unsubscribe(site.bob)}").status_code == 200
 
-        assert _rows(campaign_db.engine) == [
-            (site.delivery, site.alice, "open", None, AGENT),
-            (site.delivery, site.alice, "click", site.links[ACCOUNT], AGENT),
-            (site.delivery, site.bob, "unsubscribe", None, AGENT),
-        ]
-        assert _blocklisted(campaign_db.engine)[site.bob] is True
-        assert len(site.provider_calls) == 1
+    assert _rows(site.engine) == [
+        (site.delivery, site.alice, "open", None, AGENT),
+        (site.delivery, site.alice, "click", site.links[ACCOUNT], AGENT),
+        (site.delivery, site.bob, "unsubscribe", None, AGENT),
+    ]
+    assert _blocklisted(site.engine)[site.bob] is True
+    assert site.provider_calls is None or len(site.provider_calls) == 1
