@@ -29,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from campaign.audit import record_action
 from campaign.clock import as_datetime, utcnow
 from campaign.confirm import Chunk, first_target
 from campaign.db import sql
@@ -187,21 +188,9 @@ def _estimate(conn: Connection, to_send: int, max_rate: int | None) -> Estimate:
 def record(
     engine: Engine, delivery_id: int, run_id: str | None, action: str, actor: str | None, detail: str
 ) -> datetime:
-    """Append one row to the delivery's audit trail; returns its time (UTC)."""
-    at = utcnow()
+    """Append one row to the delivery's audit trail in its own transaction; returns its time (UTC)."""
     with engine.begin() as conn:
-        conn.execute(
-            sql("insert_delivery_audit"),
-            {
-                "delivery_id": delivery_id,
-                "run_id": run_id,
-                "action": action,
-                "actor": actor,
-                "at": at,
-                "detail": detail,
-            },
-        )
-    return at
+        return record_action(conn, delivery_id, run_id, action, actor, detail)
 
 
 @dataclass(frozen=True)

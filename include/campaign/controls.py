@@ -33,6 +33,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from campaign.audit import record_action
 from campaign.clock import as_datetime, utcnow
 from campaign.db import sql
 from campaign.errors import ConfigurationError, DeliveryNotFound, DeliveryStateError, InvalidInput, RoleDenied
@@ -259,17 +260,7 @@ def _change(
     )
     if conn.execute(sql(statement), {"delivery_id": delivery_id}).rowcount != 1:
         return False
-    conn.execute(
-        sql("insert_delivery_audit"),
-        {
-            "delivery_id": delivery_id,
-            "run_id": run_id,
-            "action": action,
-            "actor": actor,
-            "at": utcnow(),
-            "detail": detail,
-        },
-    )
+    record_action(conn, delivery_id, run_id, action, actor, detail)
     return True
 
 
@@ -282,11 +273,7 @@ def reopen_failed_send(engine: Engine, delivery_id: int, run_id: str) -> bool:
         if conn.execute(sql("reopen_failed_send"), {"delivery_id": delivery_id, "run_id": run_id}).rowcount != 1:
             return False
         detail = "resumed: a send_chunk task of the failed run runs again (cleared in Airflow)"
-        conn.execute(
-            sql("insert_delivery_audit"),
-            {"delivery_id": delivery_id, "run_id": run_id, "action": "resumed", "actor": None, "at": utcnow(),
-             "detail": detail},
-        )  # fmt: skip
+        record_action(conn, delivery_id, run_id, "resumed", None, detail)
     return True
 
 

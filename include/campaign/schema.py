@@ -247,6 +247,13 @@ Index(
 # clients and link scanners repeat them, sometimes at once): a rule in the database, so that two
 # concurrent requests cannot both insert; insert_unsubscribe_event.sql does nothing on conflict.
 # Partial: opens and clicks are recorded every time (the KPIs count every click).
+Index(
+    "tracking_logs_one_unsubscribe",
+    tracking_logs.c.delivery_id, tracking_logs.c.profile_id,
+    unique=True,
+    sqlite_where=text("event_type = 'unsubscribe'"),
+    postgresql_where=text("event_type = 'unsubscribe'"),
+)  # fmt: skip
 # One complaint per recipient of a delivery, however many feedback reports arrive for it.
 Index(
     "tracking_logs_one_complaint",
@@ -254,13 +261,6 @@ Index(
     unique=True,
     sqlite_where=text("event_type = 'complaint'"),
     postgresql_where=text("event_type = 'complaint'"),
-)  # fmt: skip
-Index(
-    "tracking_logs_one_unsubscribe",
-    tracking_logs.c.delivery_id, tracking_logs.c.profile_id,
-    unique=True,
-    sqlite_where=text("event_type = 'unsubscribe'"),
-    postgresql_where=text("event_type = 'unsubscribe'"),
 )  # fmt: skip
 
 delivery_engagement = Table(
