@@ -503,8 +503,9 @@ def test_recompute_rebuilds_engagement_of_a_recipient_who_lost_a_row(sent: Sent)
 
     assert recomputed.engagement_mismatch == (
         "unique_opens 1 in engagement, 2 in tracking_logs; unique_clicks 0 in engagement, 1 in tracking_logs; "
-        "clicks 0 in engagement, 1 in tracking_logs"
-    )
+        "clicks 0 in engagement, 1 in tracking_logs; human_unique_opens 1 in engagement, 2 in tracking_logs; "
+        "human_unique_clicks 0 in engagement, 1 in tracking_logs; human_clicks 0 in engagement, 1 in tracking_logs"
+    )  # events recorded before the machine rules (machine NULL) count as human too
     assert _counts(recomputed.after) == (2, 1, 1)
     # had the row stayed lost, this click would have counted p[1] as a new unique opener and clicker
     assert _counts(_kpi_row(engine, delivery_id)) == (2, 1, 2)
