@@ -38,6 +38,7 @@ class Rule:
     events: tuple[str, ...]  # the event types it judges: "open", "click"
     detects: str
     source: str
+    parameter: str = ""  # what it compares with: a user-agent pattern, a number of seconds
 
 
 @dataclass(frozen=True)
@@ -119,25 +120,32 @@ RULES: tuple[Rule, ...] = (
         "text part), which no person can see or reach: it and the recipient's opens and clicks of the same "
         f"moment ({SAME_MOMENT_SECONDS:g} s before or after) are a machine's",
         "the honeypot link senders use against link scanners (Barracuda's and Proofpoint's follow every anchor)",
+        f"SAME_MOMENT_SECONDS = {SAME_MOMENT_SECONDS:g}",
     ),
     Rule(
         "head_request",
         (OPEN, CLICK),
         "HEAD on the pixel or a link: a scanner or proxy checking the URL; mail clients and browsers GET",
         "RFC 9110 9.3.2; link scanners' URL checks (senders' reports of HEAD requests with no page assets)",
+        "method HEAD",
     ),
-    *(Rule(agent.name, (OPEN, CLICK), agent.who, agent.source) for agent in USER_AGENTS),
+    *(
+        Rule(agent.name, (OPEN, CLICK), agent.who, agent.source, f"user agent ~ {agent.pattern}")
+        for agent in USER_AGENTS
+    ),
     Rule(
         "open_after_send",
         (OPEN,),
         f"an open within {OPEN_AFTER_SEND_SECONDS:g} s of the send (broad_logs.logged_at): a prefetch on arrival",
         "Apple MPP preloads on arrival; gateways scan before delivery (SocketLabs, Apple)",
+        f"OPEN_AFTER_SEND_SECONDS = {OPEN_AFTER_SEND_SECONDS:g}",
     ),
     Rule(
         "click_after_send",
         (CLICK,),
         f"a click within {CLICK_AFTER_SEND_SECONDS:g} s of the send: a gateway checking the links on delivery",
         "Microsoft Safe Links delivery-time scan; Defender Safe Attachments sandbox",
+        f"CLICK_AFTER_SEND_SECONDS = {CLICK_AFTER_SEND_SECONDS:g}",
     ),
     Rule(
         "same_second_clicks",
@@ -145,6 +153,7 @@ RULES: tuple[Rule, ...] = (
         f"{SAME_MOMENT_LINKS} or more different links clicked by one recipient within {SAME_MOMENT_SECONDS:g} s; "
         "the earlier clicks of that second are flagged too",
         "scanners follow every link of a mail at once (Barracuda intent analysis, Defender sandbox)",
+        f"SAME_MOMENT_LINKS = {SAME_MOMENT_LINKS}, SAME_MOMENT_SECONDS = {SAME_MOMENT_SECONDS:g}",
     ),
 )
 RULE_NAMES = tuple(rule.name for rule in RULES)
@@ -197,8 +206,10 @@ def classify(event: Event) -> str | None:
 
 
 def rules_table() -> str:
-    """The rules as a Markdown table (name, events, what it detects, source): README's, kept in step by a test."""
-    lines = ["| rule | judges | detects | source |", "| --- | --- | --- | --- |"]
+    """The rules in order as a Markdown table (name, events judged, what it detects, its parameter,
+    source): README's, kept in step by a test."""
+    lines = ["| rule | judges | detects | parameter | source |", "| --- | --- | --- | --- | --- |"]
     for rule in RULES:
-        lines.append(f"| `{rule.name}` | {', '.join(rule.events)} | {rule.detects} | {rule.source} |")
+        parameter = f"`{rule.parameter.replace('|', chr(92) + '|')}`"
+        lines.append(f"| `{rule.name}` | {', '.join(rule.events)} | {rule.detects} | {parameter} | {rule.source} |")
     return "\n".join(lines)
