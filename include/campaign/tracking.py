@@ -1,7 +1,8 @@
-"""Tracked mail: the open pixel, click redirects through registered links, unsubscribe.
+"""Tracked mail: the open pixel, click redirects through registered links, the hidden link, unsubscribe.
 
 Rendering side (used by ``send_chunk``) and recording side (used by the tracking endpoints of
-the Airflow plugin). Each recorded event is one short transaction.
+the Airflow plugin). Each recorded event is one short transaction; every open and click is
+recorded with the machine rules' verdict (campaign.machine).
 """
 
 from __future__ import annotations
