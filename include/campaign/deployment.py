@@ -24,6 +24,13 @@ from campaign.schema import LOG_STATUSES, ROLE_START_DELIVERIES, check_delivery_
 # The audit entries that say why a delivery is held: shown above its progress.
 HOLDING_ACTIONS = ("paused", "auto_paused", "stopped")
 TIME_FIELDS = ("confirmed_at", "finished_at", "computed_at", "rates_updated_at")
+# The KPIs of the view and the JSON API: opens and clicks twice, by everyone and without machines
+# (human_*, campaign.machine), side by side.
+KPI_NAMES = (
+    "to_deliver", "delivered", "bounces_errors", "cancelled", "processed", "delivered_rate", "bounce_error_rate",
+    "unique_opens", "open_rate", "unique_clicks", "clicks", "click_through_rate",
+    "human_unique_opens", "human_open_rate", "human_unique_clicks", "human_clicks", "human_click_through_rate",
+)  # fmt: skip
 
 
 def _delivery(row: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -40,12 +47,8 @@ def _delivery(row: dict[str, Any], now: datetime) -> dict[str, Any]:
     }
     rates_at = as_datetime(row["rates_updated_at"])
     delivery["rates_age_minutes"] = int((now - rates_at).total_seconds() // 60) if rates_at else None
-    kpi_names = (
-        "to_deliver", "delivered", "bounces_errors", "cancelled", "processed", "delivered_rate", "bounce_error_rate",
-        "unique_opens", "open_rate", "unique_clicks", "clicks", "click_through_rate",
-    )  # fmt: skip
-    delivery["kpis"] = None if row["to_deliver"] is None else {name: delivery[name] for name in kpi_names}
-    for name in kpi_names:
+    delivery["kpis"] = None if row["to_deliver"] is None else {name: delivery[name] for name in KPI_NAMES}
+    for name in KPI_NAMES:
         delivery.pop(name)
     return delivery
 

@@ -1,7 +1,8 @@
 """KPIs from the logs: aggregation at the end of a send, the hourly fold of tracking events into
 per-recipient engagement, and Compute stats.
 
-Invariant: a delivery's ``unique_opens``, ``unique_clicks`` and ``clicks`` in ``delivery_kpis``
+Invariant: a delivery's ``unique_opens``, ``unique_clicks`` and ``clicks`` in ``delivery_kpis``,
+and the same without machines (``human_unique_opens``, ``human_unique_clicks``, ``human_clicks``),
 are the sums of its ``delivery_engagement`` rows. Every transaction that changes either takes
 the engagement lock first, so the hourly fold, Compute stats and aggregation never count the
 same events twice, whatever order or concurrency they run in.
@@ -19,11 +20,16 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Connection, Engine, select
 
+from campaign import machine
 from campaign.clock import utcnow
 from campaign.db import sql
 from campaign.schema import deliveries, delivery_kpis
 
 DEFAULT_LAG_SECONDS = 30.0
+# The counts kept in step with engagement: by everyone, and by people only (machines left out).
+ENGAGEMENT_COUNTS = (
+    "unique_opens", "unique_clicks", "clicks", "human_unique_opens", "human_unique_clicks", "human_clicks",
+)  # fmt: skip
 KPI_COLUMNS = (
     "to_deliver", "delivered", "bounces_errors", "hard_bounces", "soft_bounces", "errors", "ignored", "cancelled",
     "processed",    "delivered_rate", "bounce_error_rate", "unique_opens", "open_rate", "unique_clicks", "clicks",
@@ -65,9 +71,15 @@ class FoldResult:
 
 
 def lag_seconds_from_env() -> float:
-    """CAMPAIGN_TRACKING_LAG_SECONDS: events younger than this wait for the next fold
-    (see select_new_events_upper_bound.sql)."""
-    return float(os.environ.get("CAMPAIGN_TRACKING_LAG_SECONDS", DEFAULT_LAG_SECONDS))
+    """CAMPAIGN_TRACKING_LAG_SECONDS, seconds: events younger than this wait for the next fold
+    (see select_new_events_upper_bound.sql).
+
+    Never less than ``machine.SAME_MOMENT_SECONDS``: the same-second and hidden-link rules flag a
+    recipient's events of the last moment after they were recorded, which is only right while
+    the fold has not taken them yet (campaign.machine). A smaller setting is raised to it.
+    """
+    configured = float(os.environ.get("CAMPAIGN_TRACKING_LAG_SECONDS", DEFAULT_LAG_SECONDS))
+    return max(configured, machine.SAME_MOMENT_SECONDS)
 
 
 def fold_new_events(engine: Engine, lag_seconds: float = DEFAULT_LAG_SECONDS) -> FoldResult:
@@ -91,12 +103,17 @@ def _fold_new_events(conn: Connection, lag_seconds: float, started: float) -> Fo
         .mappings()
         .all()
     )
-    deltas: dict[int, dict[str, int]] = defaultdict(lambda: {"unique_opens": 0, "unique_clicks": 0, "clicks": 0})
+    deltas: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(ENGAGEMENT_COUNTS, 0))
     for row in changes:
         delta = deltas[row["delivery_id"]]
-        delta["unique_opens"] += (row["first_open_at"] is not None) - (row["old_first_open_at"] is not None)
-        delta["unique_clicks"] += (row["first_click_at"] is not None) - (row["old_first_click_at"] is not None)
-        delta["clicks"] += row["clicks"] - row["old_clicks"]
+        for prefix in ("", "human_"):
+            delta[f"{prefix}unique_opens"] += (row[f"first_{prefix}open_at"] is not None) - (
+                row[f"old_first_{prefix}open_at"] is not None
+            )
+            delta[f"{prefix}unique_clicks"] += (row[f"first_{prefix}click_at"] is not None) - (
+                row[f"old_first_{prefix}click_at"] is not None
+            )
+            delta[f"{prefix}clicks"] += row[f"{prefix}clicks"] - row[f"old_{prefix}clicks"]
     if changes:
         conn.execute(
             sql("upsert_engagement"),
@@ -107,6 +124,9 @@ def _fold_new_events(conn: Connection, lag_seconds: float, started: float) -> Fo
                     "first_open_at": row["first_open_at"],
                     "first_click_at": row["first_click_at"],
                     "clicks": row["clicks"],
+                    "first_human_open_at": row["first_human_open_at"],
+                    "first_human_click_at": row["first_human_click_at"],
+                    "human_clicks": row["human_clicks"],
                     "now": now,
                 }
                 for row in changes
@@ -123,9 +143,6 @@ def _fold_new_events(conn: Connection, lag_seconds: float, started: float) -> Fo
 def stored_kpis(conn: Connection, delivery_id: int) -> dict[str, Any] | None:
     row = conn.execute(select(delivery_kpis).where(delivery_kpis.c.delivery_id == delivery_id)).mappings().first()
     return dict(row) if row else None
-
-
-ENGAGEMENT_COUNTS = ("unique_opens", "unique_clicks", "clicks")
 
 
 @dataclass

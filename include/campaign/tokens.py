@@ -19,6 +19,8 @@ FIELDS = {
     "open": ("delivery", "profile"),
     "unsubscribe": ("delivery", "profile"),
     "click": ("delivery", "profile", "link"),
+    # the mail's hidden link (campaign.machine, rule hidden_link): only machines request it
+    "hidden": ("delivery", "profile"),
 }
 MAC_HEX_LENGTH = 32
 

@@ -1,14 +1,17 @@
 """From a recipient's mail client to the KPI row: send, open and click over HTTP through the
-tracking app, fold with tracking_rates_hourly, repair with compute_stats (dag.test, both databases).
+tracking app, fold with tracking_rates_hourly, repair with compute_stats (dag.test, both databases);
+people and machines (a privacy proxy, a link scanner, HEAD checks) told apart in the KPIs.
 The tracking app is served both ways: mounted like the plugin mounts it, and as the standalone
 tracking service (its own uvicorn process, given only the database URL and the secret)."""
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections import Counter
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -18,12 +21,14 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from testsupport import free_port
 
-from campaign import profiles
+from campaign import machine, profiles
+from campaign.clock import utcnow
 from campaign.dev.play_recipients import tracked_urls
 from campaign.dev.tracking_process import tracking_service
 from campaign.tokens import tracking_secret
 from campaign.web.tracking_app import create_app
 
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 TRACKED_SPEC = {
     **SPEC,
     "html": (
@@ -83,13 +88,22 @@ def test_opens_and_clicks_reach_the_kpis(campaign_db, smtp_sink, tracking_server
 
     mails = sorted(received(smtp_sink.maildir), key=lambda m: str(m["To"]))
     assert len(mails) == 24
+    # The recipients read their mail an hour after the send: the time rules see a person, not a prefetch.
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE broad_logs SET logged_at = :at WHERE delivery_id = :d"),
+            {"at": utcnow() - timedelta(hours=1), "d": audience.delivery_id},
+        )
     openers, clickers, clicks = set(), set(), 0
-    with httpx.Client(follow_redirects=False, timeout=10) as http:
+    with httpx.Client(follow_redirects=False, timeout=10, headers={"User-Agent": BROWSER}) as http:
         for index, mail in enumerate(mails):
             pixel, links = tracked_urls(mail.as_bytes())
             assert pixel.startswith(tracking_server + "/o/")
             assert len(links) == 2, "the two literal links are tracked, the personal one is not"
-            assert "https://shop.test/u/" in mail.get_body(("html",)).get_content()
+            html_part = mail.get_body(("html",)).get_content()
+            assert "https://shop.test/u/" in html_part
+            assert html_part.count(tracking_server + "/h/") == 1  # the hidden link, in the HTML only
+            assert "/h/" not in mail.get_body(("plain",)).get_content()
             address = str(mail["To"])
             if index % 2 == 0:
                 for _ in range(1 + index % 3):  # some open twice: one unique open
@@ -102,18 +116,53 @@ def test_opens_and_clicks_reach_the_kpis(campaign_db, smtp_sink, tracking_server
                 clickers.add(address)
                 clicks += 1
             if index % 5 == 0:
+                if address in clickers:
+                    time.sleep(machine.SAME_MOMENT_SECONDS + 0.1)  # a person takes longer than the moment
                 assert http.get(links[1]).headers["location"] == "https://shop.test/account"
                 clickers.add(address)
                 clicks += 1
+    human = (len(openers | clickers), len(clickers), clicks)
 
+    # Machines: Apple's privacy proxy fetches two pixels (one of a person who opened too), a link
+    # scanner follows the hidden link and both links at once, another checks a pixel and a link with HEAD.
+    proxied, scanned, checked = str(mails[7]["To"]), str(mails[11]["To"]), str(mails[13]["To"])
+    with httpx.Client(follow_redirects=False, timeout=10) as http:
+        for index in (7, 2):
+            pixel, _ = tracked_urls(mails[index].as_bytes())
+            assert http.get(pixel, headers={"User-Agent": "Mozilla/5.0"}).status_code == 200
+        html_part = mails[11].get_body(("html",)).get_content()
+        hidden = re.search(r'href="([^"]+/h/[^"]+)"', html_part).group(1)
+        _, links = tracked_urls(mails[11].as_bytes())
+        for url in (hidden, *links):
+            assert http.get(url, headers={"User-Agent": BROWSER}).status_code in (200, 302)
+        pixel, links = tracked_urls(mails[13].as_bytes())
+        assert http.head(pixel, headers={"User-Agent": BROWSER}).status_code == 200
+        assert http.head(links[0], headers={"User-Agent": BROWSER}).status_code == 302
+    everyone = (len(openers | clickers | {proxied, scanned, checked}), len(clickers | {scanned, checked}), clicks + 3)
+    with engine.begin() as conn:
+        rules = dict(
+            conn.execute(
+                text(
+                    "SELECT machine_rule, COUNT(*) FROM tracking_logs WHERE delivery_id = :d AND machine "
+                    "GROUP BY machine_rule"
+                ),
+                {"d": audience.delivery_id},
+            ).all()
+        )
+    assert rules == {"apple_mpp_proxy": 2, "hidden_link": 3, "head_request": 2}  # told apart, each by its rule
+
+    time.sleep(machine.SAME_MOMENT_SECONDS)  # the fold's lag is never under the machine rules' moment
     run = hourly.test()
     assert run.state == "success"
     kpis = kpi_row(engine, audience.delivery_id)
-    unique_opens = len(openers | clickers)
-    assert (kpis["unique_opens"], kpis["unique_clicks"], kpis["clicks"]) == (unique_opens, len(clickers), clicks)
+    unique_opens = everyone[0]
+    assert (kpis["unique_opens"], kpis["unique_clicks"], kpis["clicks"]) == everyone
+    assert (kpis["human_unique_opens"], kpis["human_unique_clicks"], kpis["human_clicks"]) == human
     assert kpis["delivered"] == 24
     assert kpis["open_rate"] == pytest.approx(unique_opens / 24)
-    assert kpis["click_through_rate"] == pytest.approx(len(clickers) / 24)
+    assert kpis["click_through_rate"] == pytest.approx(everyone[1] / 24)
+    assert kpis["human_open_rate"] == pytest.approx(human[0] / 24)
+    assert kpis["human_click_through_rate"] == pytest.approx(human[1] / 24)
     assert kpis["rates_updated_at"] is not None
 
     # A second run with no new event changes nothing.
@@ -121,32 +170,45 @@ def test_opens_and_clicks_reach_the_kpis(campaign_db, smtp_sink, tracking_server
     assert kpi_row(engine, audience.delivery_id) | {"rates_updated_at": None} == kpis | {"rates_updated_at": None}
 
     # Events between two runs are counted once: a new opener, and an opener clicking.
-    with httpx.Client(follow_redirects=False, timeout=10) as http:
+    with httpx.Client(follow_redirects=False, timeout=10, headers={"User-Agent": BROWSER}) as http:
         late_pixel, _ = tracked_urls(mails[1].as_bytes())
         _, late_links = tracked_urls(mails[2].as_bytes())
         assert http.get(late_pixel).status_code == 200
         assert http.get(late_links[1]).status_code == 302
+    time.sleep(machine.SAME_MOMENT_SECONDS)
     assert hourly.test().state == "success"
     after = kpi_row(engine, audience.delivery_id)
-    openers_after = openers | clickers | {str(mails[1]["To"]), str(mails[2]["To"])}
-    clickers_after = clickers | {str(mails[2]["To"])}
+    late = {str(mails[1]["To"]), str(mails[2]["To"])}
+    openers_after = openers | clickers | {proxied, scanned, checked} | late
+    clickers_after = clickers | {scanned, checked} | {str(mails[2]["To"])}
     assert (after["unique_opens"], after["unique_clicks"], after["clicks"]) == (
         len(openers_after),
         len(clickers_after),
-        clicks + 1,
+        clicks + 3 + 1,
     )
+    human_after = (len(openers | clickers | late), len(clickers | {str(mails[2]["To"])}), clicks + 1)
+    assert (after["human_unique_opens"], after["human_unique_clicks"], after["human_clicks"]) == human_after
 
     # Compute stats restores the figures after the stored row was corrupted.
     with engine.begin() as conn:
         conn.execute(
-            text("UPDATE delivery_kpis SET delivered = 3, unique_opens = 999, open_rate = 7.5 WHERE delivery_id = :d"),
+            text(
+                "UPDATE delivery_kpis SET delivered = 3, unique_opens = 999, open_rate = 7.5, "
+                "human_unique_opens = 0, human_open_rate = 0 WHERE delivery_id = :d"
+            ),
             {"d": audience.delivery_id},
         )
     run = compute_stats.test(run_conf={"delivery_id": audience.delivery_id})
     assert run.state == "success"
     restored = kpi_row(engine, audience.delivery_id)
-    assert (restored["delivered"], restored["unique_opens"], restored["clicks"]) == (24, len(openers_after), clicks + 1)
+    assert (restored["delivered"], restored["unique_opens"], restored["clicks"]) == (
+        24,
+        len(openers_after),
+        clicks + 3 + 1,
+    )
     assert restored["open_rate"] == pytest.approx(len(openers_after) / 24)
+    assert (restored["human_unique_opens"], restored["human_unique_clicks"], restored["human_clicks"]) == human_after
+    assert restored["human_open_rate"] == pytest.approx(human_after[0] / 24)
 
     # The profile's history shows the delivery with its first open and first click.
     _, history = profiles.profile_history(engine, str(mails[0]["To"]))

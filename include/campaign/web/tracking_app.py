@@ -1,4 +1,4 @@
-"""The public tracking endpoints (open pixel, click redirect, unsubscribe) as a FastAPI app.
+"""The public tracking endpoints (open pixel, click redirect, hidden link, unsubscribe) as a FastAPI app.
 
 Served by the Airflow API server through the project's plugin under ``/campaign``. Tokens are
 verified before the database is touched; anything forged or unknown gets 404 and writes nothing.
@@ -51,29 +51,31 @@ def create_app(engine_provider: Callable[[], Engine], secret_provider: Callable[
         log.error("tracking: campaign database error: %s", exc.__class__.__name__)
         return PlainTextResponse("Temporarily unavailable", status_code=503, headers=NO_STORE)
 
-    # HEAD answers as GET would (status and headers; the server sends no body) and records
-    # nothing: it comes from link scanners and proxies checking a URL, never from a mail client
-    # showing the pixel or a person following a link (both GET), so an event would be a false
-    # open or click. Without it they got 405.
+    # HEAD answers as GET would (status and headers; the server sends no body) and is recorded as
+    # a machine's open or click (rule head_request, campaign.machine): it comes from link scanners
+    # and proxies checking a URL, never from a mail client showing the pixel or a person following
+    # a link (both GET). Recorded, so that "all opens" counts every request of the pixel, as a
+    # tracker that knows no machines would, and the human figure shows what the machines added.
     @app.api_route("/o/{token}", methods=["GET", "HEAD"])
     def open_pixel(token: str, request: Request) -> Response:
-        if request.method == "HEAD":
-            genuine = tracking.check_open(engine(), secret_provider(), token)
-        else:
-            genuine = tracking.record_open(engine(), secret_provider(), token, user_agent(request))
-        if not genuine:
+        if not tracking.record_open(engine(), secret_provider(), token, user_agent(request), request.method):
             return _not_found()
         return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
 
     @app.api_route("/c/{token}", methods=["GET", "HEAD"])
     def click(token: str, request: Request) -> Response:
-        if request.method == "HEAD":
-            url = tracking.click_target(engine(), secret_provider(), token)
-        else:
-            url = tracking.record_click(engine(), secret_provider(), token, user_agent(request))
+        url = tracking.record_click(engine(), secret_provider(), token, user_agent(request), request.method)
         if url is None:
             return _not_found()
         return RedirectResponse(url, status_code=302, headers=NO_STORE)
+
+    # The mail's hidden link (Tracker.rewrite): no person sees or reaches it, so whatever requests
+    # it is a machine; its answer is an empty page, GET or HEAD alike.
+    @app.api_route("/h/{token}", methods=["GET", "HEAD"])
+    def hidden_link(token: str, request: Request) -> Response:
+        if not tracking.record_hidden_link(engine(), secret_provider(), token, user_agent(request)):
+            return _not_found()
+        return PlainTextResponse("", headers=NO_STORE)
 
     @app.api_route("/u/{token}", methods=["GET", "HEAD"])
     def unsubscribe_page(token: str) -> Response:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,6 +13,7 @@ from sqlalchemy import Engine, func, select, update
 from testsupport import start_confirmed_send
 
 from campaign import deliveries as delivery_steps
+from campaign import machine, stats
 from campaign.clock import utcnow
 from campaign.db import sql
 from campaign.schema import (
@@ -503,8 +505,9 @@ def test_recompute_rebuilds_engagement_of_a_recipient_who_lost_a_row(sent: Sent)
 
     assert recomputed.engagement_mismatch == (
         "unique_opens 1 in engagement, 2 in tracking_logs; unique_clicks 0 in engagement, 1 in tracking_logs; "
-        "clicks 0 in engagement, 1 in tracking_logs"
-    )
+        "clicks 0 in engagement, 1 in tracking_logs; human_unique_opens 1 in engagement, 2 in tracking_logs; "
+        "human_unique_clicks 0 in engagement, 1 in tracking_logs; human_clicks 0 in engagement, 1 in tracking_logs"
+    )  # events recorded before the machine rules (machine NULL) count as human too
     assert _counts(recomputed.after) == (2, 1, 1)
     # had the row stayed lost, this click would have counted p[1] as a new unique opener and clicker
     assert _counts(_kpi_row(engine, delivery_id)) == (2, 1, 2)
@@ -702,3 +705,132 @@ def test_recompute_summary_and_warnings_name_what_compute_stats_did(sent: Sent) 
     )
     # "before" is read after the pending events are folded: the table shows what the check changed
     assert table == ["no KPI changed"]
+
+
+# ---------------------------------------------------------------- machines left out (campaign.machine)
+
+HUMAN_COUNTS = ("human_unique_opens", "human_unique_clicks", "human_clicks")
+
+
+def _judged(engine: Engine, delivery_id: int, events: list[tuple[int, str, bool | None]], at: datetime | None = None):
+    """Tracking events as the endpoints record them (insert_judged_event): machine TRUE with a rule,
+    FALSE, or NULL as before the rules; an hour old unless ``at`` is given."""
+    with engine.begin() as conn:
+        for profile_id, event_type, is_machine in events:
+            conn.execute(
+                sql("insert_judged_event"),
+                {
+                    "delivery_id": delivery_id,
+                    "profile_id": profile_id,
+                    "event_type": event_type,
+                    "link_id": None,
+                    "user_agent": "test-agent",
+                    "event_at": at or utcnow() - timedelta(hours=1),
+                    "machine": is_machine,
+                    "machine_rule": "head_request" if is_machine else None,
+                },
+            )
+
+
+def _human(row: dict[str, Any] | None) -> tuple[int, int, int]:
+    assert row is not None
+    return tuple(row[name] for name in HUMAN_COUNTS)
+
+
+def test_fold_counts_all_and_human_engagement_side_by_side(sent: Sent) -> None:
+    engine, delivery_id, p = sent.engine, sent.delivery_id, sent.ids
+    _judged(
+        engine,
+        delivery_id,
+        [
+            (p[0], "open", True),  # a proxy's open only
+            (p[1], "open", True),  # a proxy's open, then the person's click
+            (p[1], "click", False),
+            (p[2], "click", True),  # a scanner's click, then the person's open
+            (p[2], "open", False),
+            (p[3], "click", None),  # before the rules: counted as human
+            (p[3], "click", True),
+        ],
+    )
+
+    fold_new_events(engine, lag_seconds=0)
+
+    row = _kpi_row(engine, delivery_id)
+    assert _counts(row) == (4, 3, 4)
+    assert _human(row) == (3, 2, 2)
+    assert (row["open_rate"], row["human_open_rate"]) == (pytest.approx(4 / 4), pytest.approx(3 / 4))
+    assert (row["click_through_rate"], row["human_click_through_rate"]) == (pytest.approx(3 / 4), pytest.approx(2 / 4))
+    assert _kpis_only(row) == _kpis_only(compute_kpis(engine, delivery_id))  # deltas = sums of engagement
+
+
+def test_fold_of_human_events_is_incremental(sent: Sent) -> None:
+    # A recipient first seen through a machine becomes a human opener and clicker in a later fold,
+    # counted once; a machine's later events change nothing human.
+    engine, delivery_id, p = sent.engine, sent.delivery_id, sent.ids
+    _judged(engine, delivery_id, [(p[0], "open", True), (p[0], "click", True)])
+    fold_new_events(engine, lag_seconds=0)
+    assert (_counts(_kpi_row(engine, delivery_id)), _human(_kpi_row(engine, delivery_id))) == ((1, 1, 1), (0, 0, 0))
+
+    _judged(engine, delivery_id, [(p[0], "open", False), (p[0], "click", False)])
+    fold_new_events(engine, lag_seconds=0)
+    _judged(engine, delivery_id, [(p[0], "click", True), (p[0], "click", False)])
+    fold_new_events(engine, lag_seconds=0)
+    assert fold_new_events(engine, lag_seconds=0).events == 0
+
+    row = _kpi_row(engine, delivery_id)
+    assert (_counts(row), _human(row)) == ((1, 1, 4), (1, 1, 2))
+    assert _kpis_only(row) == _kpis_only(compute_kpis(engine, delivery_id))
+    recomputed = recompute_delivery(engine, delivery_id, lag_seconds=0)
+    assert (recomputed.engagement_mismatch, recomputed.engagement_rebuilt) == (None, None)
+
+
+def test_compute_stats_finds_and_rebuilds_wrong_human_engagement(sent: Sent) -> None:
+    engine, delivery_id, p = sent.engine, sent.delivery_id, sent.ids
+    _judged(engine, delivery_id, [(p[0], "open", False), (p[1], "click", True), (p[1], "click", False)])
+    fold_new_events(engine, lag_seconds=0)
+    folded = _kpis_only(_kpi_row(engine, delivery_id))
+    with engine.begin() as conn:  # e.g. rows folded by a version without the machine rules
+        conn.execute(
+            update(delivery_engagement)
+            .where(delivery_engagement.c.delivery_id == delivery_id)
+            .values(first_human_open_at=None, first_human_click_at=None, human_clicks=0)
+        )
+    compute_kpis(engine, delivery_id)
+    assert _human(_kpi_row(engine, delivery_id)) == (0, 0, 0)
+
+    recomputed = recompute_delivery(engine, delivery_id, lag_seconds=0)
+
+    assert recomputed.engagement_mismatch == (
+        "human_unique_opens 0 in engagement, 2 in tracking_logs; "
+        "human_unique_clicks 0 in engagement, 1 in tracking_logs; human_clicks 0 in engagement, 1 in tracking_logs"
+    )
+    assert recomputed.engagement_rebuilt == 2
+    assert _human(recomputed.after) == (2, 1, 1)
+    assert _kpis_only(_kpi_row(engine, delivery_id)) == folded
+
+
+def test_events_flagged_in_their_moment_are_not_folded_before_it_ends(sent: Sent) -> None:
+    # The invariant that lets the same-second and hidden-link rules flag earlier events: with the
+    # lag the DAGs use (never under the moment), an event of the moment is not folded yet.
+    engine, delivery_id, p = sent.engine, sent.delivery_id, sent.ids
+    _judged(engine, delivery_id, [(p[0], "click", False)], at=utcnow())
+
+    assert fold_new_events(engine, stats.lag_seconds_from_env()).events == 0
+    with engine.begin() as conn:  # flagged within its moment, as tracking._record does
+        conn.execute(
+            sql("flag_moment_as_machine"),
+            {
+                "delivery_id": delivery_id,
+                "profile_id": p[0],
+                "machine_rule": "same_second_clicks",
+                "first_type": "click",
+                "second_type": "click",
+                "since": utcnow() - timedelta(seconds=machine.SAME_MOMENT_SECONDS),
+            },
+        )
+    time.sleep(machine.SAME_MOMENT_SECONDS)
+    assert fold_new_events(engine, machine.SAME_MOMENT_SECONDS).events == 1
+
+    row = _kpi_row(engine, delivery_id)
+    assert (_counts(row), _human(row)) == ((1, 1, 1), (0, 0, 0))
+    assert recompute_delivery(engine, delivery_id, lag_seconds=0).engagement_mismatch is None

@@ -13,7 +13,8 @@ SECRET = b"a-test-secret-of-some-length"
 
 
 @pytest.mark.parametrize(
-    ("purpose", "ids"), [("open", (7, 42)), ("unsubscribe", (0, 999999999999)), ("click", (1, 2, 3))]
+    ("purpose", "ids"),
+    [("open", (7, 42)), ("unsubscribe", (0, 999999999999)), ("click", (1, 2, 3)), ("hidden", (7, 42))],
 )
 def test_token_round_trip(purpose: str, ids: tuple[int, ...]) -> None:
     token = sign_token(SECRET, purpose, *ids)
@@ -28,6 +29,10 @@ def test_a_token_is_valid_for_its_own_purpose_only() -> None:
     assert verify_token(SECRET, "unsubscribe", open_token) is None
     assert verify_token(SECRET, "click", open_token) is None
     assert verify_token(SECRET, "click", sign_token(SECRET, "click", 7, 42, 5)) == (7, 42, 5)
+    # the hidden link's token opens nothing else, and nothing else is taken for it
+    hidden_token = sign_token(SECRET, "hidden", 7, 42)
+    assert [verify_token(SECRET, p, hidden_token) for p in ("open", "unsubscribe", "click")] == [None] * 3
+    assert verify_token(SECRET, "hidden", open_token) is None
 
 
 def test_signing_needs_the_ids_of_the_purpose() -> None:

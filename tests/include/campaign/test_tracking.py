@@ -162,6 +162,7 @@ def test_register_links_of_a_template_without_links_writes_nothing(world: World)
 
 _HREF = re.compile(r"""<a\b[^>]*?\bhref\s*=\s*(["'])(.*?)\1""", re.IGNORECASE | re.DOTALL)
 _PIXEL = re.compile(r'<img src="([^"]+)" width="1" height="1" alt="" style="border:0">')
+_HIDDEN = re.compile(r'<a href="([^"]+)" style="display:none" aria-hidden="true" tabindex="-1"></a>')
 
 RENDERED = f"""<html><body><p>Hello Alice</p>
 <a href="https://shop.test/sale?utm=spring&amp;x=1">Sale</a>
@@ -182,11 +183,12 @@ def test_rewrite_sends_every_registered_link_through_a_signed_click_url(world: W
     html = tracker.rewrite(RENDERED, world.alice)
 
     hrefs = [m.group(2) for m in _HREF.finditer(html)]
-    assert len(hrefs) == 4
+    assert len(hrefs) == 5  # the four of the mail, then the hidden link
+    assert verify_token(SECRET, "hidden", _token(hrefs[4], f"{BASE_URL}/h/")) == (world.delivery, world.alice)
     sale_token, account_token = _token(hrefs[0], f"{BASE_URL}/c/"), _token(hrefs[1], f"{BASE_URL}/c/")
     assert verify_token(SECRET, "click", sale_token) == (world.delivery, world.alice, world.links[SALE])
     assert verify_token(SECRET, "click", account_token) == (world.delivery, world.alice, world.links[ACCOUNT])
-    assert hrefs[2:] == ["mailto:help@shop.test", "https://shop.test/u/7"]  # not registered: untouched
+    assert hrefs[2:4] == ["mailto:help@shop.test", "https://shop.test/u/7"]  # not registered: untouched
     assert "shop.test/sale" not in html
     assert f"HREF='{BASE_URL}/c/{account_token}'>Account</A>" in html  # its quotes kept
     assert "<p>Hello Alice</p>" in html
@@ -213,15 +215,30 @@ def test_rewrite_appends_the_pixel_when_there_is_no_body(world: World) -> None:
     assert verify_token(SECRET, "open", _token(pixel, f"{BASE_URL}/o/")) == (world.delivery, world.alice)
 
 
-def test_rewrite_with_no_registered_link_only_adds_the_pixel(world: World) -> None:
+def test_rewrite_with_no_registered_link_only_adds_the_hidden_link_and_the_pixel(world: World) -> None:
     tracker = Tracker(SECRET, BASE_URL, world.delivery, {})
 
     html = tracker.rewrite(RENDERED, world.alice)
 
     [pixel] = _PIXEL.findall(html)
+    [hidden] = _HIDDEN.findall(html)
     assert html == RENDERED.replace(
-        "</body>", f'<img src="{pixel}" width="1" height="1" alt="" style="border:0"></body>'
+        "</body>",
+        f'<a href="{hidden}" style="display:none" aria-hidden="true" tabindex="-1"></a>'
+        f'<img src="{pixel}" width="1" height="1" alt="" style="border:0"></body>',
     )
+
+
+def test_the_hidden_link_is_hidden_from_people_and_signed_for_its_own_purpose(world: World) -> None:
+    # No text to see or read aloud, display:none, aria-hidden, out of the tab order: only a
+    # machine following every anchor requests it (machine rule hidden_link).
+    html = Tracker(SECRET, BASE_URL, world.delivery, world.links).rewrite(RENDERED, world.bob)
+
+    [hidden] = _HIDDEN.findall(html)
+    token = _token(hidden, f"{BASE_URL}/h/")
+    assert verify_token(SECRET, "hidden", token) == (world.delivery, world.bob)
+    assert verify_token(SECRET, "click", token) is None and verify_token(SECRET, "open", token) is None
+    assert html.count("/h/") == 1 and hidden not in RENDERED
 
 
 # ---------------------------------------------------------------- recording genuine events
@@ -451,6 +468,7 @@ def test_only_the_href_attribute_of_an_anchor_is_tracked() -> None:
     rewritten = Tracker(SECRET, BASE_URL, 1, {"https://shop.test/real": 5, "https://shop.test/data": 6}).rewrite(
         html, 2
     )
-    [href] = re.findall(r'\shref="([^"]+)"', rewritten)
+    [href, hidden] = re.findall(r'\shref="([^"]+)"', rewritten)
+    assert hidden.startswith(f"{BASE_URL}/h/")
     assert verify_token(SECRET, "click", _token(href, f"{BASE_URL}/c/")) == (1, 2, 5)
     assert 'data-href="https://shop.test/data"' in rewritten

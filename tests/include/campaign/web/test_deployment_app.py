@@ -1,5 +1,6 @@
 """The Deployment app through its own routes (FastAPI's TestClient), on real SQLite and
-PostgreSQL: the send controls (pause, resume, stop) and the charts.
+PostgreSQL: the send controls (pause, resume, stop), the charts, and the KPIs by everyone and
+without machines side by side.
 
 Airflow's authenticated-user dependency is replaced: by one that reads the user from a header for
 the controls (the app only asks it for the user's name; the role is checked in the campaign
@@ -20,7 +21,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select, text
 from testsupport import start_confirmed_send
 
-from campaign import charts, controls, operators
+from campaign import charts, controls, operators, stats
 from campaign.db import sql
 from campaign.schema import ROLE_START_DELIVERIES, delivery_targets
 from campaign.web import deployment_app
@@ -240,3 +241,58 @@ def test_the_same_figures_are_drawn_once(campaign_db, client, ready_delivery, mo
     first, second = client.get(f"/deliveries/{delivery_id}").text, client.get(f"/deliveries/{delivery_id}").text
 
     assert drawings == [3] and first == second
+
+
+# ---------------------------------------------------------------- all and human figures side by side
+
+
+def test_all_and_human_figures_side_by_side_in_json_list_and_page(campaign_db, client, ready_delivery) -> None:
+    engine = campaign_db.engine
+    delivery_id = ready_delivery(engine, recipients=4)
+    recipients = _profiles_of(engine, delivery_id)
+    _log_and_track(engine, delivery_id, recipients)  # recipient 1: two opens and a click before the rules
+    with engine.begin() as conn:  # recipients 3 and 4: a proxy's open, a scanner's click
+        for profile_id, event_type in ((recipients[2], "open"), (recipients[3], "click")):
+            conn.execute(
+                sql("insert_judged_event"),
+                {
+                    "delivery_id": delivery_id, "profile_id": profile_id, "event_type": event_type,
+                    "link_id": None, "user_agent": "Mozilla/5.0", "event_at": T0 + timedelta(minutes=5),
+                    "machine": True, "machine_rule": "apple_mpp_proxy",
+                },
+            )  # fmt: skip
+    stats.compute_kpis(engine, delivery_id)
+    stats.fold_new_events(engine, lag_seconds=0)
+    with engine.begin() as conn:
+        stored = dict(
+            conn.execute(text("SELECT * FROM delivery_kpis WHERE delivery_id = :d"), {"d": delivery_id})
+            .mappings()
+            .one()
+        )
+
+    [entry] = [d for d in client.get("/api/deliveries").json()["deliveries"] if d["id"] == delivery_id]
+    detail = client.get(f"/api/deliveries/{delivery_id}").json()
+
+    # 3 delivered (recipient 2 bounced); everyone's figures count the machines, the human ones do not
+    expected = {
+        "unique_opens": 3, "open_rate": 1.0, "unique_clicks": 2, "clicks": 2, "click_through_rate": 2 / 3,
+        "human_unique_opens": 1, "human_open_rate": 1 / 3, "human_unique_clicks": 1, "human_clicks": 1,
+        "human_click_through_rate": 1 / 3,
+    }  # fmt: skip
+    for name, value in expected.items():
+        assert entry["kpis"][name] == pytest.approx(value) == pytest.approx(stored[name]), name
+    assert detail["kpis"] == entry["kpis"]
+
+    page = client.get(f"/deliveries/{delivery_id}").text
+    kpis = page[page.index('<div class="kpis" id="kpis">') : page.index('id="machine-note"')]
+    shown = dict(re.findall(r'<b data-kpi="(\w+)">([^<]+)</b>', kpis))
+    assert (shown["open_rate"], shown["human_open_rate"]) == ("100.00 %", "33.33 %")
+    assert (shown["click_through_rate"], shown["human_click_through_rate"]) == ("66.67 %", "33.33 %")
+    assert "Open rate without machines" in kpis and "1 unique · 1 clicks · estimate" in kpis
+
+    listing = client.get("/").text
+    row = listing[listing.index(f'<tr data-delivery="{delivery_id}">') :]
+    row = row[: row.index("</tr>")]
+    assert '<td class="num" data-kpi="human_open_rate">33.33 %</td>' in row
+    assert '<td class="num" data-kpi="human_click_through_rate">33.33 %</td>' in row
+    assert "Open rate without machines" in listing

@@ -1,5 +1,6 @@
-"""The public tracking endpoints over real HTTP: open pixel, click redirect, unsubscribe page and
-form; forged tokens get 404 and write nothing.
+"""The public tracking endpoints over real HTTP: open pixel, click redirect, hidden link,
+unsubscribe page and form; forged tokens get 404 and write nothing; every machine rule on real
+requests (campaign.machine).
 
 Each test of the ``site`` fixture runs both ways the endpoints are served, on both databases:
 ``plugin``, the app as the Airflow plugin mounts it under /campaign (uvicorn on a loopback port,
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import urljoin
 
 import httpx
@@ -25,9 +27,11 @@ from sqlalchemy import Engine, func, select
 from testsupport import add_profile, free_port
 
 from campaign import deliveries as delivery_steps
+from campaign import machine
+from campaign.clock import utcnow
 from campaign.db import make_engine
 from campaign.dev.tracking_process import tracking_service
-from campaign.schema import profiles, tracking_logs
+from campaign.schema import broad_logs, profiles, tracking_logs
 from campaign.tokens import sign_token
 from campaign.tracking import load_links, register_links
 from campaign.web.tracking_app import create_app
@@ -172,6 +176,16 @@ def _rows(engine: Engine) -> list[tuple]:
         ]
 
 
+def _verdicts(engine: Engine) -> list[tuple[bool | None, str | None]]:
+    with engine.begin() as conn:
+        return [
+            (row.machine, row.machine_rule)
+            for row in conn.execute(
+                select(tracking_logs.c.machine, tracking_logs.c.machine_rule).order_by(tracking_logs.c.id)
+            )
+        ]
+
+
 def _count(engine: Engine) -> int:
     with engine.begin() as conn:
         return conn.execute(select(func.count()).select_from(tracking_logs)).scalar_one()
@@ -274,7 +288,7 @@ def test_head_on_the_unsubscribe_page_answers_like_get_and_changes_nothing(site:
     assert _blocklisted(site.engine)[site.alice] is False
 
 
-def test_head_on_the_pixel_and_a_click_answers_like_get_and_records_nothing(site: Site) -> None:
+def test_head_on_the_pixel_and_a_click_answers_like_get_and_records_a_machine(site: Site) -> None:
     pixel = site.http.head(f"/o/{site.open()}")
     click = site.http.head(f"/c/{site.click(SALE, site.bob)}")
 
@@ -282,7 +296,13 @@ def test_head_on_the_pixel_and_a_click_answers_like_get_and_records_nothing(site
     assert pixel.headers["content-length"] == str(len(site.http.get(f"/o/{site.open(site.bob)}").content))
     assert (click.status_code, click.headers["location"], click.content) == (302, SALE, b"")
     assert "no-store" in pixel.headers["cache-control"] and "no-store" in click.headers["cache-control"]
-    assert _rows(site.engine) == [(site.delivery, site.bob, "open", None, AGENT)]  # the GET only
+    assert _rows(site.engine) == [
+        (site.delivery, site.alice, "open", None, AGENT),
+        (site.delivery, site.bob, "click", site.links[SALE], AGENT),
+        (site.delivery, site.bob, "open", None, AGENT),
+    ]
+    # every request of the pixel and links is in "all opens"; the HEADs are machines', the GET a person's
+    assert _verdicts(site.engine) == [(True, "head_request"), (True, "head_request"), (False, None)]
 
 
 @pytest.mark.parametrize(("prefix", "purpose"), [("o", "open"), ("c", "click"), ("u", "unsubscribe")])
@@ -445,3 +465,146 @@ def test_open_click_unsubscribe_on_each_database(site: Site) -> None:
     ]
     assert _blocklisted(site.engine)[site.bob] is True
     assert site.provider_calls is None or len(site.provider_calls) == 1
+
+
+# ---------------------------------------------------------------- machine opens and clicks (campaign.machine)
+
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+APPLE_MPP = "Mozilla/5.0"
+YAHOO_PROXY = "YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html"
+GMAIL_PROXY = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+
+
+def _sent(site: Site, profile: int, seconds_ago: float) -> None:
+    """The recipient's sending-log row, written ``seconds_ago`` (the send the time rules measure from)."""
+    with site.engine.begin() as conn:
+        conn.execute(
+            broad_logs.insert().values(
+                delivery_id=site.delivery,
+                profile_id=profile,
+                seq=1 if profile == site.alice else 2,
+                email=f"{profile}@example.test",
+                status="sent",
+                logged_at=utcnow() - timedelta(seconds=seconds_ago),
+            )
+        )
+
+
+def _events(engine: Engine) -> list[tuple]:
+    with engine.begin() as conn:
+        return [
+            (row.profile_id, row.event_type, row.link_id, row.machine, row.machine_rule)
+            for row in conn.execute(select(tracking_logs).order_by(tracking_logs.c.id))
+        ]
+
+
+def _hidden(site: Site, profile: int | None = None) -> str:
+    return sign_token(SECRET, "hidden", site.delivery, profile or site.alice)
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "rule"),
+    [
+        (APPLE_MPP, "apple_mpp_proxy"),
+        (YAHOO_PROXY, "yahoo_mail_proxy"),
+        ("Barracuda Sentinel (EE)", "scanner_user_agent"),
+        (
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 HeadlessChrome/120.0.0.0 Safari/537.36",
+            "headless_browser",
+        ),
+        ("python-requests/2.32.3", "bot_user_agent"),
+        ("", "no_user_agent"),
+        (GMAIL_PROXY, None),  # Gmail fetches through its proxy when the person opens the mail
+        (BROWSER, None),
+    ],
+)
+def test_user_agent_rules_on_real_requests(site: Site, user_agent: str, rule: str | None) -> None:
+    _sent(site, site.alice, seconds_ago=3600)
+    headers = {"User-Agent": user_agent}
+
+    assert site.http.get(f"/o/{site.open()}", headers=headers).status_code == 200
+    assert site.http.get(f"/c/{site.click(SALE)}", headers=headers).status_code == 302
+
+    assert _events(site.engine) == [
+        (site.alice, "open", None, rule is not None, rule),
+        (site.alice, "click", site.links[SALE], rule is not None, rule),
+    ]
+
+
+def test_opens_and_clicks_soon_after_the_send_are_machines(campaign_db) -> None:
+    with _site(campaign_db) as site:
+        _sent(site, site.alice, seconds_ago=2)  # just sent: a prefetch or a gateway's check
+        _sent(site, site.bob, seconds_ago=20)  # an open now is a person's, a click not yet
+        headers = {"User-Agent": BROWSER}
+        for profile in (site.alice, site.bob):
+            assert site.http.get(f"/o/{site.open(profile)}", headers=headers).status_code == 200
+            assert site.http.get(f"/c/{site.click(SALE, profile)}", headers=headers).status_code == 302
+
+        assert _events(campaign_db.engine) == [
+            (site.alice, "open", None, True, "open_after_send"),
+            (site.alice, "click", site.links[SALE], True, "click_after_send"),
+            (site.bob, "open", None, False, None),
+            (site.bob, "click", site.links[SALE], True, "click_after_send"),
+        ]
+
+
+def test_several_links_in_the_same_second_are_a_machine_the_earlier_click_too(campaign_db) -> None:
+    with _site(campaign_db) as site:
+        _sent(site, site.alice, seconds_ago=3600)
+        _sent(site, site.bob, seconds_ago=3600)
+        headers = {"User-Agent": BROWSER}
+        # alice: a scanner following both links at once; bob: a double click on one link, then
+        # the other link after the moment is over: a person
+        assert site.http.get(f"/o/{site.open()}", headers=headers).status_code == 200
+        assert site.http.get(f"/c/{site.click(SALE)}", headers=headers).status_code == 302
+        assert site.http.get(f"/c/{site.click(ACCOUNT)}", headers=headers).status_code == 302
+        for _ in range(2):
+            assert site.http.get(f"/c/{site.click(SALE, site.bob)}", headers=headers).status_code == 302
+        time.sleep(machine.SAME_MOMENT_SECONDS + 0.1)
+        assert site.http.get(f"/c/{site.click(ACCOUNT, site.bob)}", headers=headers).status_code == 302
+
+        assert _events(campaign_db.engine) == [
+            (site.alice, "open", None, False, None),  # the cluster is of clicks
+            (site.alice, "click", site.links[SALE], True, "same_second_clicks"),  # flagged afterwards
+            (site.alice, "click", site.links[ACCOUNT], True, "same_second_clicks"),
+            (site.bob, "click", site.links[SALE], False, None),
+            (site.bob, "click", site.links[SALE], False, None),
+            (site.bob, "click", site.links[ACCOUNT], False, None),
+        ]
+
+
+def test_the_hidden_link_marks_the_recipients_events_of_the_moment(campaign_db) -> None:
+    with _site(campaign_db) as site:
+        _sent(site, site.alice, seconds_ago=3600)
+        _sent(site, site.bob, seconds_ago=3600)
+        headers = {"User-Agent": BROWSER}
+        assert site.http.get(f"/o/{site.open()}", headers=headers).status_code == 200  # before it
+        assert site.http.get(f"/o/{site.open(site.bob)}", headers=headers).status_code == 200  # someone else
+
+        hidden = site.http.get(f"/h/{_hidden(site)}", headers=headers)
+        assert site.http.get(f"/c/{site.click(SALE)}", headers=headers).status_code == 302  # after it
+
+        assert (hidden.status_code, hidden.content) == (200, b"")
+        assert "no-store" in hidden.headers["cache-control"] and "location" not in hidden.headers
+        assert _events(campaign_db.engine) == [
+            (site.alice, "open", None, True, "hidden_link"),
+            (site.bob, "open", None, False, None),
+            (site.alice, "hidden_link", None, True, "hidden_link"),
+            (site.alice, "click", site.links[SALE], True, "hidden_link"),
+        ]
+        # later, the person herself
+        time.sleep(machine.SAME_MOMENT_SECONDS + 0.1)
+        assert site.http.get(f"/c/{site.click(ACCOUNT)}", headers=headers).status_code == 302
+        assert _events(campaign_db.engine)[-1] == (site.alice, "click", site.links[ACCOUNT], False, None)
+
+
+def test_head_on_the_hidden_link_is_recorded_and_bad_hidden_tokens_get_404(site: Site) -> None:
+    other_purpose = sign_token(SECRET, "open", site.delivery, site.alice)
+    for token in (other_purpose, _hidden(site)[:-1], sign_token(SECRET, "hidden", site.delivery, site.outsider)):
+        _assert_not_found(site.http.get(f"/h/{token}"))
+        assert site.http.head(f"/h/{token}").status_code == 404
+    assert _count(site.engine) == 0
+
+    assert site.http.head(f"/h/{_hidden(site, site.bob)}").status_code == 200
+
+    assert _events(site.engine) == [(site.bob, "hidden_link", None, True, "hidden_link")]
