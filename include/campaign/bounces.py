@@ -57,7 +57,7 @@ from sqlalchemy import Engine
 from campaign import stats
 from campaign.clock import utcnow
 from campaign.db import sql
-from campaign.errors import TransientError
+from campaign.errors import MailboxUnavailable
 from campaign.return_path import read_return_path
 
 log = logging.getLogger(__name__)
@@ -392,10 +392,6 @@ PROCESSED_FOLDER = "Processed"
 UNUSABLE_FOLDER = "Unusable"
 DEFAULT_MAX_MESSAGES = 2000  # per run; the rest waits ten minutes, so a flood cannot stall a run
 MOVE_BATCH = 100
-
-
-class MailboxUnavailable(TransientError):
-    """The IMAP server cannot be reached, dropped the connection or refused a command."""
 
 
 @dataclass

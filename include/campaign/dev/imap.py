@@ -172,9 +172,9 @@ def _listening(port: int) -> bool:
 
 
 @contextmanager
-def running_server(prefix: str = "campaign-imap-", user: str = "bounces", password: str = "bounces") -> Iterator[
-    ImapServer
-]:
+def running_server(
+    prefix: str = "campaign-imap-", user: str = "bounces", password: str = "bounces"
+) -> Iterator[ImapServer]:
     """Start Dovecot in the foreground (``dovecot -F -c <config>``) and stop it at the end.
 
     Raises ``FileNotFoundError`` when Dovecot is not installed, ``TimeoutError`` (with the end of
