@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "include"))
 from testsupport import free_port  # noqa: E402
 
 from campaign.db import make_engine  # noqa: E402
+from campaign.dev import imap  # noqa: E402
 from campaign.dev.postgres import PostgresServer, running_server, server_binary  # noqa: E402
 from campaign.dev.smtp import start_server  # noqa: E402
 from campaign.schema import create_schema  # noqa: E402
@@ -148,6 +149,24 @@ def smtp_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpS
         controller.stop()
     except Exception:  # already stopped by the test
         pass
+
+
+# ---------------------------------------------------------------- IMAP server
+
+
+@pytest.fixture
+def imap_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[imap.ImapServer]:
+    """A real Dovecot on a free loopback port with an empty mailbox, one per test (it starts in a
+    fraction of a second), also published as Connection campaign_bounces."""
+    try:
+        imap.dovecot_binary()
+    except FileNotFoundError:
+        if os.environ.get("CI"):
+            pytest.fail("Dovecot is missing in CI; .ci/run must install dovecot-imapd.")
+        pytest.skip("Dovecot not installed (Debian package dovecot-imapd)")
+    with imap.running_server("campaign-test-imap-") as server:
+        monkeypatch.setenv("AIRFLOW_CONN_CAMPAIGN_BOUNCES", server.connection_json())
+        yield server
 
 
 # ---------------------------------------------------------------- Airflow

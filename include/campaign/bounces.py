@@ -61,6 +61,8 @@ from campaign.errors import MailboxUnavailable
 from campaign.return_path import read_return_path
 
 log = logging.getLogger(__name__)
+# flufl.bounce logs every detector it tries at INFO: 17 lines per message in the task log.
+logging.getLogger("flufl.bounce").setLevel(logging.WARNING)
 
 HARD, SOFT, DELAYED, COMPLAINT, UNUSABLE = "hard", "soft", "delayed", "complaint", "unusable"
 
@@ -279,7 +281,7 @@ def _read_report(data: bytes, secret: bytes) -> Report:
         feedback_type = str(fields["Feedback-Type"]).strip().lower()
         extra = [address for _, address in getaddresses(fields.get_all("Original-Mail-From", []))]
         mapped, reason = _map(secret, msg, enclosed, extra, data)
-        recipient = _field_value(fields.get("Original-Rcpt-To"))
+        recipient = (_field_value(fields.get("Original-Rcpt-To")) or "").strip("<>") or None
         user_agent = _field_value(fields.get("User-Agent"))
         if feedback_type not in COMPLAINT_FEEDBACK_TYPES:
             return _unusable(NOT_A_COMPLAINT, feedback_type=feedback_type, **(mapped or {}))
@@ -297,6 +299,10 @@ def _read_report(data: bytes, secret: bytes) -> Report:
             kind, status = block_kind, block_status
             diagnostic = _field_value(block.get("Diagnostic-Code"))
             recipient = _field_value(block.get("Final-Recipient") or block.get("Original-Recipient"))
+    if has_status_part and truncated and (not blocks or (kind is not None and status is None)):
+        # Cut inside the delivery-status part: no recipient block, or one without its Status
+        # (a required field, RFC 3464 2.3.4): what happened cannot be told.
+        return _unusable(TRUNCATED)
     if kind is None:
         if has_status_part and not blocks:  # a delivery-status part without its recipients
             return _unusable(TRUNCATED)
