@@ -154,10 +154,9 @@ def smtp_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpS
 # ---------------------------------------------------------------- IMAP server
 
 
-@pytest.fixture
-def imap_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[imap.ImapServer]:
-    """A real Dovecot on a free loopback port with an empty mailbox, one per test (it starts in a
-    fraction of a second), also published as Connection campaign_bounces."""
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[imap.ImapServer]:
+    """A real Dovecot on a free loopback port, one per session (stopping one takes 2 s)."""
     try:
         imap.dovecot_binary()
     except FileNotFoundError:
@@ -165,8 +164,16 @@ def imap_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[imap.ImapServer]:
             pytest.fail("Dovecot is missing in CI; .ci/run must install dovecot-imapd.")
         pytest.skip("Dovecot not installed (Debian package dovecot-imapd)")
     with imap.running_server("campaign-test-imap-") as server:
-        monkeypatch.setenv("AIRFLOW_CONN_CAMPAIGN_BOUNCES", server.connection_json())
         yield server
+
+
+@pytest.fixture
+def imap_server(dovecot: imap.ImapServer, monkeypatch: pytest.MonkeyPatch) -> imap.ImapServer:
+    """An account with an empty mailbox on the session's Dovecot, also published as Connection
+    campaign_bounces."""
+    server = dovecot.new_account(f"bounces-{uuid.uuid4().hex[:12]}")
+    monkeypatch.setenv("AIRFLOW_CONN_CAMPAIGN_BOUNCES", server.connection_json())
+    return server
 
 
 # ---------------------------------------------------------------- Airflow

@@ -13,6 +13,7 @@ from __future__ import annotations
 import imaplib
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -44,6 +45,7 @@ class ImapServer:
     user: str
     password: str
     folder: Path
+    extra_password: str = ""
 
     @property
     def log_path(self) -> Path:
@@ -99,6 +101,14 @@ class ImapServer:
                 found.append(next(part[1] for part in parts if isinstance(part, tuple)))
             return found
 
+    def new_account(self, user: str) -> ImapServer:
+        """Another account on the same server, with its own empty mailbox: a test gets a fresh
+        mailbox without a new server. Any user name logs in with the server's second password
+        (``extra_password``), and each has its own Maildir."""
+        import dataclasses
+
+        return dataclasses.replace(self, user=user, password=self.extra_password)
+
     def folders(self) -> set[str]:
         with self.client() as client:
             _, listing = client.list()
@@ -118,6 +128,8 @@ ssl = no
 disable_plaintext_auth = no
 login_trusted_networks = 127.0.0.0/8
 auth_mechanisms = plain login
+# A wrong password is answered at once (default: after 2 s): tests try one on purpose.
+auth_failure_delay = 0
 # Rootless: every service runs as the one account that started the master.
 default_login_user = {account}
 default_internal_user = {account}
@@ -130,6 +142,11 @@ first_valid_gid = 1
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {folder}/passwd
+}}
+# Throw-away accounts for tests (ImapServer.new_account): any other name, with this password.
+passdb {{
+  driver = static
+  args = password={extra_password}
 }}
 userdb {{
   driver = static
@@ -188,6 +205,7 @@ def running_server(
         (folder / sub).mkdir()
     (folder / "passwd").write_text(f"{user}:{{PLAIN}}{password}::::::\n")
     port = free_port()
+    extra_password = secrets.token_hex(8)
     config = folder / "dovecot.conf"
     config.write_text(
         _CONFIG.format(
@@ -200,6 +218,7 @@ def running_server(
             gid=entry.pw_gid,
             folder=folder,
             port=port,
+            extra_password=extra_password,
         )
     )
     as_user: list[str] = []
@@ -220,7 +239,7 @@ def running_server(
                 raise TimeoutError("Dovecot exited")
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}; its log ends:\n{_tail(folder)}") from None
-        yield ImapServer("127.0.0.1", port, user, password, folder)
+        yield ImapServer("127.0.0.1", port, user, password, folder, extra_password)
     finally:
         _stop(process)
         shutil.rmtree(folder, ignore_errors=True)
