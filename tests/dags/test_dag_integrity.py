@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 
-from campaign.errors import PermanentError, SmtpUnavailable
+from campaign.errors import MailboxUnavailable, PermanentError, SmtpUnavailable
 
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
-EXPECTED_DAG_IDS = {"confirm_send", "tracking_rates_hourly", "compute_stats"}
+EXPECTED_DAG_IDS = {"confirm_send", "tracking_rates_hourly", "compute_stats", "process_bounces"}
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +100,16 @@ def test_compute_stats_is_manual_with_a_form(dagbag: DagBag) -> None:
     dag = dagbag.get_dag("compute_stats")
     assert dag.schedule is None
     assert dag.params["delivery_id"] is None and dag.params["days"] == 7
+
+
+def test_process_bounces_every_ten_minutes_one_run_at_a_time(dagbag: DagBag) -> None:
+    from datetime import timedelta
+
+    dag = dagbag.get_dag("process_bounces")
+    assert dag.timetable._delta == timedelta(minutes=10)
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert dag.task_ids == ["process_bounce_mailbox"]
+    policy = dag.get_task("process_bounce_mailbox").retry_policy
+    mailbox = next(r for r in policy.rules if r.exception is MailboxUnavailable)
+    assert mailbox.action.value == "retry" and "mailbox" in mailbox.reason
+    assert policy.rules.index(mailbox) < next(i for i, r in enumerate(policy.rules) if isinstance(r.exception, list))
