@@ -106,7 +106,7 @@ def test_process_bounces_every_ten_minutes_one_run_at_a_time(dagbag: DagBag) -> 
     from datetime import timedelta
 
     dag = dagbag.get_dag("process_bounces")
-    assert dag.timetable._delta == timedelta(minutes=10)
+    assert dag.timetable.delta == timedelta(minutes=10)
     assert dag.catchup is False and dag.max_active_runs == 1
     assert dag.task_ids == ["process_bounce_mailbox"]
     policy = dag.get_task("process_bounce_mailbox").retry_policy
