@@ -45,6 +45,8 @@ import logging
 import re
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import Message
@@ -450,19 +452,13 @@ def _ok(reply: tuple[str, list], what: str) -> list:
     return data
 
 
-def _imap_errors(what: str):
-    """Turn imaplib's and the socket's errors into MailboxUnavailable (the task retries)."""
-
-    class _Guard:
-        def __enter__(self) -> None:
-            return None
-
-        def __exit__(self, kind, exc, tb) -> bool:
-            if exc is not None and isinstance(exc, (imaplib.IMAP4.error, OSError)):
-                raise MailboxUnavailable(f"IMAP {what} failed: {type(exc).__name__}: {exc}") from exc
-            return False
-
-    return _Guard()
+@contextmanager
+def _imap_errors(what: str) -> Iterator[None]:
+    """Turn imaplib's and the socket's errors into ``MailboxUnavailable`` (the task retries)."""
+    try:
+        yield
+    except (imaplib.IMAP4.error, OSError) as exc:
+        raise MailboxUnavailable(f"IMAP {what} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def ensure_folders(client: imaplib.IMAP4, folders: tuple[str, ...] = (PROCESSED_FOLDER, UNUSABLE_FOLDER)) -> None:
