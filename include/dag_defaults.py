@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
 
-from campaign.errors import PermanentError, SmtpUnavailable, TransientError
+from campaign.errors import MailboxUnavailable, PermanentError, SmtpUnavailable, TransientError
 
 # Scheduled DAGs start here; with catchup off, only the latest interval runs.
 START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
@@ -27,6 +27,12 @@ RETRY_POLICY = ExceptionRetryPolicy(
             action=RetryAction.RETRY,
             retry_delay=RETRY_DELAY,
             reason="SMTP server unreachable; recipients already sent are recorded and skipped on retry",
+        ),
+        RetryRule(
+            exception=MailboxUnavailable,
+            action=RetryAction.RETRY,
+            retry_delay=RETRY_DELAY,
+            reason="bounce mailbox unreachable; mail applied before is filed or is applied again without effect",
         ),
         RetryRule(
             exception=[TransientError, "sqlalchemy.exc.OperationalError"],

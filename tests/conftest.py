@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "include"))
 from testsupport import free_port  # noqa: E402
 
 from campaign.db import make_engine  # noqa: E402
+from campaign.dev import imap  # noqa: E402
 from campaign.dev.postgres import PostgresServer, running_server, server_binary  # noqa: E402
 from campaign.dev.smtp import start_server  # noqa: E402
 from campaign.schema import create_schema  # noqa: E402
@@ -148,6 +149,31 @@ def smtp_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpS
         controller.stop()
     except Exception:  # already stopped by the test
         pass
+
+
+# ---------------------------------------------------------------- IMAP server
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[imap.ImapServer]:
+    """A real Dovecot on a free loopback port, one per session (stopping one takes 2 s)."""
+    try:
+        imap.dovecot_binary()
+    except FileNotFoundError:
+        if os.environ.get("CI"):
+            pytest.fail("Dovecot is missing in CI; .ci/run must install dovecot-imapd.")
+        pytest.skip("Dovecot not installed (Debian package dovecot-imapd)")
+    with imap.running_server("campaign-test-imap-") as server:
+        yield server
+
+
+@pytest.fixture
+def imap_server(dovecot: imap.ImapServer, monkeypatch: pytest.MonkeyPatch) -> imap.ImapServer:
+    """An account with an empty mailbox on the session's Dovecot, also published as Connection
+    campaign_bounces."""
+    server = dovecot.new_account(f"bounces-{uuid.uuid4().hex[:12]}")
+    monkeypatch.setenv("AIRFLOW_CONN_CAMPAIGN_BOUNCES", server.connection_json())
+    return server
 
 
 # ---------------------------------------------------------------- Airflow

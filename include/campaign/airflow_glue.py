@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import imaplib
 import logging
 import smtplib
 from collections.abc import Callable, Iterator
@@ -10,6 +11,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
+from airflow.providers.imap.hooks.imap import ImapHook
 from airflow.providers.smtp.hooks.smtp import SmtpHook
 from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import BaseHook
@@ -19,11 +21,12 @@ from sqlalchemy import Engine
 from campaign import approval, confirm, controls
 from campaign.clock import utcnow
 from campaign.db import make_engine, url_from_connection_fields
-from campaign.errors import CampaignError, ConfigurationError, SmtpUnavailable
+from campaign.errors import CampaignError, ConfigurationError, MailboxUnavailable, SmtpUnavailable
 from campaign.sending import ChunkHeld
 
 CAMPAIGN_DB_CONN_ID = "campaign_db"
 CAMPAIGN_SMTP_CONN_ID = "campaign_smtp"
+CAMPAIGN_BOUNCES_CONN_ID = "campaign_bounces"
 
 log = logging.getLogger("campaign.confirm_send")
 
@@ -101,6 +104,37 @@ def campaign_smtp() -> Iterator[smtplib.SMTP]:
             client.quit()
         except (OSError, smtplib.SMTPException):
             client.close()
+
+
+@contextmanager
+def campaign_bounce_mailbox() -> Iterator[imaplib.IMAP4]:
+    """The bounce mailbox of Connection ``campaign_bounces`` (IMAP provider: host, port, login,
+    password; extra ``use_ssl``, default true), as a logged-in ``imaplib`` client, logged out at
+    the end. Raises ``MailboxUnavailable`` (retry) when the server cannot be reached,
+    ``ConfigurationError`` (fail at once) when the Connection is missing or the login refused."""
+    hook = ImapHook(imap_conn_id=CAMPAIGN_BOUNCES_CONN_ID)
+    what = f"the IMAP server of Connection {CAMPAIGN_BOUNCES_CONN_ID!r}"
+    try:
+        hook.get_conn()
+    except (imaplib.IMAP4.abort, OSError) as exc:
+        raise MailboxUnavailable(f"Cannot connect to {what}: {exc}") from exc
+    except imaplib.IMAP4.error as exc:  # NO to LOGIN: a wrong password does not heal by retrying
+        raise ConfigurationError(f"{what} refused the login of the Connection: {exc}") from None
+    except Exception as exc:  # AirflowNotFoundException and the SDK's own, which differ by version
+        if "not found" in str(exc).lower() or "isn't defined" in str(exc):
+            raise ConfigurationError(
+                f"Airflow Connection {CAMPAIGN_BOUNCES_CONN_ID!r} is not defined: define it (type imap: host, "
+                "port, login, password; extra use_ssl)."
+            ) from None
+        raise MailboxUnavailable(f"Cannot connect to {what}: {exc}") from exc
+    client = hook.mail_client
+    try:
+        yield client
+    finally:
+        try:
+            client.logout()
+        except (imaplib.IMAP4.error, OSError):
+            pass
 
 
 @contextmanager

@@ -70,3 +70,8 @@ class IncompleteSend(PermanentError):
 
 class SmtpUnavailable(TransientError):
     """The SMTP server cannot be reached or dropped the connection."""
+
+
+class MailboxUnavailable(TransientError):
+    """The bounce mailbox's IMAP server cannot be reached, dropped the connection or refused a
+    command; mail applied before is in the database and a retry reads the rest."""

@@ -43,6 +43,7 @@ import idna
 
 from campaign.errors import AddressNeedsSmtpUtf8, ConfigurationError, InvalidAddress
 from campaign.rendering import DeliveryContent, RenderedMessage, message_id
+from campaign.return_path import ReturnPath
 from campaign.tokens import sign_token
 
 CRLF = "\r\n"
@@ -101,7 +102,8 @@ class BuiltMessage:
     ``envelope_to``: the recipient as RCPT TO takes it (the A-label domain unless SMTPUTF8).
     ``mail_options``: ``()``, or ``("SMTPUTF8", "BODY=8BITMIME")`` when ``data`` or the
     envelope are not ASCII (only with a skeleton made with ``smtputf8=True``).
-    ``envelope_from``: the sender as MAIL FROM takes it.
+    ``envelope_from``: the sender as MAIL FROM takes it: the From address, or the message's own
+    return path (``campaign.return_path``, VERP naming delivery and profile) when one is set.
     """
 
     data: bytes
@@ -325,6 +327,7 @@ class MessageSkeleton:
         "envelope_from",
         "domain",
         "boundary",
+        "return_path",
         "_from_header",
         "_after_date",
         "_unsubscribe_url",
@@ -347,8 +350,10 @@ class MessageSkeleton:
         from_header: str,
         base_url: str,
         boundary: str,
+        return_path: ReturnPath | None = None,
     ) -> None:
         self.delivery_id = delivery_id
+        self.return_path = return_path
         self.secret = secret
         self.smtputf8 = smtputf8
         self.envelope_from = envelope_from
@@ -387,6 +392,7 @@ class MessageSkeleton:
         *,
         smtputf8: bool = False,
         boundary: str | None = None,
+        return_path: ReturnPath | None = None,
     ) -> MessageSkeleton:
         """The skeleton of ``content``'s messages.
 
@@ -396,6 +402,9 @@ class MessageSkeleton:
         ``{base_url}/u/{token}``. ``secret``: the key of ``tokens.sign_token``. ``smtputf8``:
         the relay offers SMTPUTF8 (RFC 6531), so UTF-8 may go raw. ``boundary``: for tests; by
         default "=_campaign_" and 24 random hex digits (RFC 2046 5.1.1: 1 to 70 characters).
+        ``return_path``: the base of each message's envelope sender (``return_path_setting()``);
+        None keeps the From address as envelope sender. The message bytes are the same either way
+        (the receiving server writes the Return-Path header, RFC 5321 4.4).
 
         Raises ``InvalidAddress`` (``AddressNeedsSmtpUtf8``) for a sender that is not exactly one
         usable mailbox, ``ConfigurationError`` for a base URL that is not a URI or is too long.
@@ -443,6 +452,7 @@ class MessageSkeleton:
             from_header=from_header,
             base_url=base_url,
             boundary=boundary,
+            return_path=return_path,
         )
 
     def message_id(self, profile_id: int) -> str:
@@ -486,6 +496,12 @@ class MessageSkeleton:
         data = b"".join(
             (head.encode("utf-8"), self._text_heads[text_cte], text, self._html_heads[html_cte], html, self._end)
         )
+        # VERP: one HMAC per message (about a microsecond), so a bounce names its row exactly.
+        envelope_from = (
+            self.envelope_from
+            if self.return_path is None
+            else self.return_path.address(self.secret, self.delivery_id, profile_id)
+        )
         if smtputf8 and not data.isascii():
-            return BuiltMessage(data, mid, to_address, ("SMTPUTF8", "BODY=8BITMIME"), self.envelope_from)
-        return BuiltMessage(data, mid, to_address, (), self.envelope_from)
+            return BuiltMessage(data, mid, to_address, ("SMTPUTF8", "BODY=8BITMIME"), envelope_from)
+        return BuiltMessage(data, mid, to_address, (), envelope_from)

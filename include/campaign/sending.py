@@ -38,6 +38,7 @@ from campaign.pacing import Pacer
 from campaign.profiles import is_valid_email
 from campaign.relay import DEFAULT_RECONNECT_DELAYS, MessageNotSendable, RelaySession, SmtpFactory
 from campaign.rendering import RenderedMessage, compile_templates, recipient_context, render, tracking_base_url
+from campaign.return_path import return_path_setting
 from campaign.settings import seconds_list, whole_number
 from campaign.tokens import tracking_secret
 from campaign.tracking import Tracker, load_links
@@ -179,6 +180,7 @@ class _ChunkSender:
         self.templates = compile_templates(delivery.content)
         self.secret = tracking_secret()
         self.base_url = tracking_base_url()
+        self.return_path = return_path_setting()
         self.tracker = (
             Tracker(self.secret, self.base_url, delivery.id, load_links(engine, delivery.id))
             if delivery.tracking
@@ -204,7 +206,9 @@ class _ChunkSender:
         self.relay = relay
         content = self.delivery.content
         try:
-            self.skeleton: MessageSkeleton | None = MessageSkeleton.for_delivery(content, self.base_url, self.secret)
+            self.skeleton: MessageSkeleton | None = MessageSkeleton.for_delivery(
+                content, self.base_url, self.secret, return_path=self.return_path
+            )
         except AddressNeedsSmtpUtf8:  # the sender itself needs SMTPUTF8
             self.skeleton = None
         self.utf8_skeleton: MessageSkeleton | None = None
@@ -224,7 +228,7 @@ class _ChunkSender:
             )
         if self.utf8_skeleton is None:
             self.utf8_skeleton = MessageSkeleton.for_delivery(
-                self.delivery.content, self.base_url, self.secret, smtputf8=True
+                self.delivery.content, self.base_url, self.secret, smtputf8=True, return_path=self.return_path
             )
         return self.utf8_skeleton.build(rendered, recipient["email"], recipient["profile_id"])
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 
-from campaign.errors import PermanentError, SmtpUnavailable
+from campaign.errors import MailboxUnavailable, PermanentError, SmtpUnavailable
 
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
-EXPECTED_DAG_IDS = {"confirm_send", "tracking_rates_hourly", "compute_stats"}
+EXPECTED_DAG_IDS = {"confirm_send", "tracking_rates_hourly", "compute_stats", "process_bounces"}
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +112,16 @@ def test_every_number_of_a_form_is_bounded(dagbag: DagBag, dag_id: str) -> None:
         kinds = schema.get("type")
         if "integer" in (kinds if isinstance(kinds, list) else [kinds]):
             assert 1 <= schema.get("maximum", 2**64) <= 2**63 - 1, f"{dag_id}.{name} has no 64-bit maximum"
+
+
+def test_process_bounces_every_ten_minutes_one_run_at_a_time(dagbag: DagBag) -> None:
+    from datetime import timedelta
+
+    dag = dagbag.get_dag("process_bounces")
+    assert dag.timetable.delta == timedelta(minutes=10)
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert dag.task_ids == ["process_bounce_mailbox"]
+    policy = dag.get_task("process_bounce_mailbox").retry_policy
+    mailbox = next(r for r in policy.rules if r.exception is MailboxUnavailable)
+    assert mailbox.action.value == "retry" and "mailbox" in mailbox.reason
+    assert policy.rules.index(mailbox) < next(i for i, r in enumerate(policy.rules) if isinstance(r.exception, list))

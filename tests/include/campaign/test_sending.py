@@ -229,3 +229,26 @@ def test_a_chunk_with_one_address_the_relay_always_answers_421_sends_the_others(
     stuck = _logs(engine, delivery_id)["stuck@x.test"]
     assert (stuck.status, stuck.failure_type) == ("bounced", "soft")
     assert server.accepted == {"a@example.test": 1, "b@example.test": 1, "c@example.test": 1}
+
+
+def test_with_a_return_path_each_message_has_its_own_signed_envelope_sender(
+    campaign_db, tmp_path, add_profiles, new_delivery, monkeypatch
+) -> None:
+    from campaign.return_path import read_return_path
+    from campaign.tokens import tracking_secret
+
+    engine = campaign_db.engine
+    monkeypatch.setenv("CAMPAIGN_RETURN_PATH", "bounces@bounce.shop.test")
+    delivery_id = _sending_delivery(engine, add_profiles, new_delivery, ["ann@example.test", "bob@example.test"])
+    with running_server(tmp_path / "maildir", smtputf8=False) as (port, server):
+        send_chunk(engine, delivery_id, "run-1", 1, 2, connection_factory(port))
+
+    logs = _logs(engine, delivery_id)
+    for received in server.received:
+        row = logs[received.rcpt_tos[0]]
+        assert received.mail_from.startswith(f"bounces+{delivery_id}.{row.profile_id}.")
+        assert received.mail_from.endswith("@bounce.shop.test")
+        assert read_return_path(tracking_secret(), received.mail_from).ids == (delivery_id, row.profile_id)
+        mail = message_from_bytes(received.raw, policy=policy.default)
+        assert str(mail["From"]) == "Shop News <news@shop.test>" and mail["Return-Path"] is None
+    assert len(server.received) == 2

@@ -1,0 +1,543 @@
+"""What comes back after the send: asynchronous bounces (DSNs) and spam complaints (feedback reports).
+
+A 250 from the relay is not a delivery: many mailboxes accept a message and bounce it later by
+mail, a delivery status notification (DSN, RFC 3464), and recipients press "report spam", which
+mailbox providers forward as feedback reports (RFC 5965). ``process_bounces`` reads them from the
+bounce mailbox every ten minutes; this module reads one message (``read_report``), applies it to
+the campaign database (``apply_report``) and handles a whole mailbox over an ``imaplib`` client
+(``process_mailbox``). No Airflow here: ``campaign.airflow_glue`` opens the mailbox.
+
+Reading one message:
+
+- **Which row.** The address the report came to: our return path (``campaign.return_path``: VERP,
+  ``bounces+<delivery>.<profile>.<mac>@…``) in ``Delivered-To``, ``X-Original-To``, ``To`` (a DSN is
+  sent to the envelope sender, RFC 3464 2), a feedback report's ``Original-Mail-From`` (RFC 5965
+  3.2) or the enclosed original's ``Return-Path``. A return path whose MAC does not match is
+  forged: the message is unusable and touches nothing, not even through its Message-ID. Without a
+  return path, the enclosed original's Message-ID (``<campaign.{delivery}.{profile}@…>``, in the
+  ``message/rfc822`` or ``text/rfc822-headers`` part, RFC 3462 / RFC 6522) names the row, and
+  only when that row was sent with exactly that Message-ID.
+- **What happened.** ``flufl.bounce`` (GNU Mailman's detector, RFC 3464 and the non-standard
+  shapes of many servers) recognises a bounce; the ``message/delivery-status`` part's
+  per-recipient fields say how: ``Action: failed`` with ``Status: 5.x.x`` is a hard bounce, with
+  ``4.x.x`` a soft bounce (RFC 3464 2.3.3, 2.3.4; RFC 3463 status classes); ``Action: delayed``
+  changes nothing and is counted. A bounce without a delivery-status part (old text bounces) is
+  hard when the detector calls it permanent. A feedback report (``multipart/report;
+  report-type=feedback-report``) with ``Feedback-Type: abuse`` or ``fraud`` (RFC 5965 7.3) is a
+  complaint.
+- **Unusable** (kept in the Unusable folder, counted by reason): not a bounce (an auto-reply, a
+  person's answer, a success notice), unknown delivery (nothing names a row we sent), truncated (a
+  report cut before its fields), forged return path, a feedback report of another type.
+
+Applying: a hard or soft bounce turns the row from ``sent`` into ``bounced`` (only from ``sent``:
+a report read twice changes nothing), with the DSN's status and diagnostic; a hard bounce also
+quarantines the profile. A complaint is one ``complaint`` event per recipient and delivery (unique
+index) and blocklists the profile. Then ``stats.compute_kpis`` recomputes the delivery's KPIs
+from the logs, as aggregation and Compute stats do, so all three agree (delivered falls, bounces
+rise, the complaint rate moves).
+"""
+
+from __future__ import annotations
+
+import email
+import imaplib
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.message import Message
+from email.parser import HeaderParser
+from email.utils import getaddresses
+
+from flufl.bounce import all_failures
+from sqlalchemy import Engine
+
+from campaign import stats
+from campaign.clock import utcnow
+from campaign.db import sql
+from campaign.errors import MailboxUnavailable
+from campaign.return_path import read_return_path
+
+log = logging.getLogger(__name__)
+# flufl.bounce logs every detector it tries at INFO: 17 lines per message in the task log.
+logging.getLogger("flufl.bounce").setLevel(logging.WARNING)
+
+HARD, SOFT, DELAYED, COMPLAINT, UNUSABLE = "hard", "soft", "delayed", "complaint", "unusable"
+
+# Why a message cannot be used; the summary line counts each.
+NOT_A_BOUNCE = "not a bounce"
+UNKNOWN_DELIVERY = "unknown delivery"
+TRUNCATED = "truncated"
+FORGED_RETURN_PATH = "forged return path"
+NOT_A_COMPLAINT = "feedback not a complaint"
+UNREADABLE = "unreadable"
+UNUSABLE_REASONS = (NOT_A_BOUNCE, UNKNOWN_DELIVERY, TRUNCATED, FORGED_RETURN_PATH, NOT_A_COMPLAINT, UNREADABLE)
+
+# RFC 5965 7.3 registers abuse, fraud, other, virus; RFC 6430 adds not-spam, RFC 6591 auth-failure.
+# Only the first two are a recipient saying "I did not want this".
+COMPLAINT_FEEDBACK_TYPES = ("abuse", "fraud")
+
+# Where the address a report was delivered to appears, most trustworthy first: what the receiving
+# server wrote (Delivered-To, X-Original-To, Envelope-To), then what the reporter wrote.
+_ENVELOPE_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To")
+_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")  # RFC 3463 2: class.subject.detail
+_CAMPAIGN_MESSAGE_ID = re.compile(r"<campaign\.(\d{1,20})\.(\d{1,20})@[^<>\s]+>", re.IGNORECASE)
+_MESSAGE_ID_LINE = re.compile(rb"^Message-ID:[ \t]*(<campaign\.[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
+_DIAGNOSTIC_LIMIT = 1000  # characters kept of a remote server's words
+_TRUNCATION_DEFECTS = (
+    email.errors.CloseBoundaryNotFoundDefect,
+    email.errors.StartBoundaryNotFoundDefect,
+    email.errors.MultipartInvariantViolationDefect,
+)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What one mailbox message says.
+
+    ``kind``: ``hard``, ``soft``, ``delayed`` (DSNs), ``complaint`` (feedback report) or
+    ``unusable`` with ``reason`` one of ``UNUSABLE_REASONS``. ``delivery_id``/``profile_id``: the
+    sending-log row it names (None when unusable); ``mapped_by``: ``return_path`` or
+    ``message_id``; ``message_id``: the enclosed original's Message-ID (angle brackets kept);
+    ``dsn_status`` (``5.1.1``), ``diagnostic`` (the Diagnostic-Code's text), ``recipient`` (the
+    DSN's Final-Recipient or the report's Original-Rcpt-To), ``feedback_type``, ``user_agent``
+    (the feedback report's, RFC 5965 3.1).
+    """
+
+    kind: str
+    reason: str | None = None
+    delivery_id: int | None = None
+    profile_id: int | None = None
+    mapped_by: str | None = None
+    message_id: str | None = None
+    dsn_status: str | None = None
+    diagnostic: str | None = None
+    recipient: str | None = None
+    feedback_type: str | None = None
+    user_agent: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        """``hard``…``complaint``, or ``unusable: <reason>``."""
+        return f"{UNUSABLE}: {self.reason}" if self.kind == UNUSABLE else self.kind
+
+
+def _unusable(reason: str, **known: object) -> Report:
+    return Report(UNUSABLE, reason, **known)  # type: ignore[arg-type]
+
+
+def _truncated(msg: Message) -> bool:
+    return any(isinstance(defect, _TRUNCATION_DEFECTS) for part in msg.walk() for defect in part.defects)
+
+
+def _field_value(value: str | None) -> str | None:
+    """A DSN field without its type (``rfc822; a@b`` → ``a@b``, ``smtp; 550 …`` → ``550 …``, RFC
+    3464 2.1.2), white space unfolded."""
+    if value is None:
+        return None
+    text = " ".join(str(value).split())
+    kind, semicolon, rest = text.partition(";")
+    if semicolon and re.fullmatch(r"[A-Za-z0-9-]+", kind.strip()):
+        text = rest.strip()
+    return text or None
+
+
+def _enclosed_headers(msg: Message) -> Message | None:
+    """The headers of the original message a report encloses: its ``message/rfc822`` part, or its
+    ``text/rfc822-headers`` part (RFC 6522 / RFC 3462), parsed; None when it has neither."""
+    for part in msg.walk():
+        kind = part.get_content_type()
+        if kind == "message/rfc822" and part.is_multipart():
+            inner = part.get_payload(0)
+            if isinstance(inner, Message):
+                return inner
+        if kind == "text/rfc822-headers":
+            payload = part.get_payload(decode=True) or b""
+            return HeaderParser().parsestr(payload.decode("utf-8", "replace"))
+    return None
+
+
+def _delivery_status_blocks(msg: Message) -> tuple[list[Message], bool]:
+    """The per-recipient blocks of every ``message/delivery-status`` part (RFC 3464 2.3), and
+    whether there was such a part. The per-message block comes first and has no Action."""
+    blocks: list[Message] = []
+    found = False
+    for part in msg.walk():
+        if part.get_content_type() != "message/delivery-status":
+            continue
+        found = True
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            blocks += [block for block in payload if isinstance(block, Message) and block.get("Action")]
+    return blocks, found
+
+
+def _per_message_fields(msg: Message) -> list[Message]:
+    for part in msg.walk():
+        if part.get_content_type() == "message/delivery-status" and isinstance(part.get_payload(), list):
+            return [block for block in part.get_payload() if isinstance(block, Message)]
+    return []
+
+
+def _feedback_fields(msg: Message) -> Message | None:
+    """The fields of the ``message/feedback-report`` part (RFC 5965 3.1), or None."""
+    for part in msg.walk():
+        if part.get_content_type() != "message/feedback-report":
+            continue
+        payload = part.get_payload()
+        if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+            return payload[0]
+        if isinstance(payload, str):
+            return HeaderParser().parsestr(payload)
+    return None
+
+
+def _is_feedback_report(msg: Message) -> bool:
+    return (
+        msg.get_content_type() == "multipart/report" and msg.get_param("report-type", "").lower() == "feedback-report"
+    ) or any(part.get_content_type() == "message/feedback-report" for part in msg.walk())
+
+
+def _return_path_candidates(msg: Message, enclosed: Message | None, extra: list[str]) -> list[str]:
+    addresses = [address for name in _ENVELOPE_HEADERS for _, address in getaddresses(msg.get_all(name, []))]
+    addresses += extra
+    if enclosed is not None:
+        addresses += [address for _, address in getaddresses(enclosed.get_all("Return-Path", []))]
+    return [address for address in addresses if address]
+
+
+def _map(
+    secret: bytes, msg: Message, enclosed: Message | None, extra: list[str], raw: bytes
+) -> tuple[dict[str, object] | None, str | None]:
+    """``({delivery_id, profile_id, mapped_by, message_id}, None)`` or ``(None, reason)``."""
+    message_id = None
+    if enclosed is not None and enclosed.get("Message-ID"):
+        message_id = " ".join(str(enclosed["Message-ID"]).split())
+    if message_id is None:
+        # A text bounce quotes the original in its body; take its Message-ID line.
+        line = _MESSAGE_ID_LINE.search(raw)
+        message_id = line.group(1).decode("ascii", "replace") if line else None
+    forged = False
+    for address in _return_path_candidates(msg, enclosed, extra):
+        match = read_return_path(secret, address)
+        if match is None:
+            continue
+        if match.ids is None:
+            forged = True
+            continue
+        return {
+            "delivery_id": match.ids[0],
+            "profile_id": match.ids[1],
+            "mapped_by": "return_path",
+            "message_id": message_id,
+        }, None
+    if forged:
+        # Never fall back to the (unsigned) Message-ID when someone forged the signed address.
+        return None, FORGED_RETURN_PATH
+    found = _CAMPAIGN_MESSAGE_ID.fullmatch(message_id or "")
+    if found:
+        return {
+            "delivery_id": int(found.group(1)),
+            "profile_id": int(found.group(2)),
+            "mapped_by": "message_id",
+            "message_id": message_id,
+        }, None
+    return None, UNKNOWN_DELIVERY
+
+
+def _bounce_kind(action: str, status: str | None) -> str | None:
+    if action.startswith("delayed"):
+        return DELAYED
+    if action.startswith(("failed", "error")):  # some servers (OpenSMTPD) write "error"
+        return SOFT if status and status.startswith("4.") else HARD
+    return None  # delivered, relayed, expanded: not a failure
+
+
+_SEVERITY = {HARD: 3, SOFT: 2, DELAYED: 1}
+
+
+def read_report(data: bytes, secret: bytes) -> Report:
+    """Read one mailbox message (its raw bytes, RFC 5322) as a ``Report``; never raises for bad
+    input (unreadable mail is ``unusable``). ``secret``: ``tokens.tracking_secret()``, which
+    signs the return path."""
+    try:
+        return _read_report(data, secret)
+    except Exception as exc:  # a parser or detector bug on one odd message must not stop the others
+        log.warning("unreadable mailbox message (%s: %s)", type(exc).__name__, exc)
+        return _unusable(UNREADABLE)
+
+
+def _read_report(data: bytes, secret: bytes) -> Report:
+    msg = email.message_from_bytes(data)  # compat32: what flufl.bounce's detectors expect
+    enclosed = _enclosed_headers(msg)
+    truncated = _truncated(msg)
+
+    if _is_feedback_report(msg):
+        fields = _feedback_fields(msg)
+        if fields is None or not fields.get("Feedback-Type"):
+            return _unusable(TRUNCATED if truncated or fields is not None else NOT_A_BOUNCE)
+        feedback_type = str(fields["Feedback-Type"]).strip().lower()
+        extra = [address for _, address in getaddresses(fields.get_all("Original-Mail-From", []))]
+        mapped, reason = _map(secret, msg, enclosed, extra, data)
+        recipient = (_field_value(fields.get("Original-Rcpt-To")) or "").strip("<>") or None
+        user_agent = _field_value(fields.get("User-Agent"))
+        if feedback_type not in COMPLAINT_FEEDBACK_TYPES:
+            return _unusable(NOT_A_COMPLAINT, feedback_type=feedback_type, **(mapped or {}))
+        if mapped is None:
+            return _unusable(reason or UNKNOWN_DELIVERY, feedback_type=feedback_type)
+        return Report(COMPLAINT, recipient=recipient, feedback_type=feedback_type, user_agent=user_agent, **mapped)
+
+    blocks, has_status_part = _delivery_status_blocks(msg)
+    kind = status = diagnostic = recipient = None
+    for block in blocks:
+        found = _STATUS.search(str(block.get("Status", "")))
+        block_status = found.group(0) if found else None
+        block_kind = _bounce_kind(str(block["Action"]).strip().lower(), block_status)
+        if block_kind and _SEVERITY[block_kind] > _SEVERITY.get(kind or "", 0):
+            kind, status = block_kind, block_status
+            diagnostic = _field_value(block.get("Diagnostic-Code"))
+            recipient = _field_value(block.get("Final-Recipient") or block.get("Original-Recipient"))
+    if has_status_part and truncated and (not blocks or (kind is not None and status is None)):
+        # Cut inside the delivery-status part: no recipient block, or one without its Status
+        # (a required field, RFC 3464 2.3.4): what happened cannot be told.
+        return _unusable(TRUNCATED)
+    if kind is None:
+        if has_status_part and not blocks:  # a delivery-status part without its recipients
+            return _unusable(TRUNCATED)
+        try:
+            temporary, permanent = all_failures(msg)
+        except Exception:  # a heuristic detector choking on odd mail: take it as no verdict
+            temporary, permanent = frozenset(), frozenset()
+        if permanent:
+            kind = HARD
+        elif temporary:
+            kind = DELAYED
+        if kind and not has_status_part:
+            found = _STATUS.search(data.decode("utf-8", "replace"))
+            status = found.group(0) if found and found.group(1) in "45" else None
+            recipient = (next(iter(permanent or temporary))).decode("ascii", "replace")
+    if kind is None:
+        return _unusable(TRUNCATED if truncated else NOT_A_BOUNCE)
+
+    extra = [
+        address
+        for block in _per_message_fields(msg)
+        for name in ("X-Postfix-Sender", "Original-Envelope-Id")
+        if (address := _field_value(block.get(name)))
+    ]
+    mapped, reason = _map(secret, msg, enclosed, extra, data)
+    if mapped is None:
+        return _unusable(reason or UNKNOWN_DELIVERY, dsn_status=status)
+    if diagnostic and len(diagnostic) > _DIAGNOSTIC_LIMIT:
+        diagnostic = diagnostic[: _DIAGNOSTIC_LIMIT - 1] + "…"
+    return Report(kind, dsn_status=status, diagnostic=diagnostic, recipient=recipient, **mapped)
+
+
+# ---------------------------------------------------------------- applying
+
+
+def apply_report(engine: Engine, report: Report, now: datetime | None = None) -> tuple[Report, bool]:
+    """Apply one report in one transaction; returns the report (made ``unusable: unknown delivery``
+    when no sending-log row matches it) and whether it changed the delivery's figures.
+
+    Hard or soft bounce: a ``sent`` row becomes ``bounced`` with the DSN's status and diagnostic
+    (any other row is left as it is); a hard one quarantines the profile too. Complaint: one
+    ``complaint`` event per recipient and delivery, the profile blocklisted. Delayed: nothing.
+    Raises SQLAlchemy's errors (the database is down or busy: the caller stops and retries).
+    """
+    if report.kind == UNUSABLE or report.delivery_id is None:
+        return report, False
+    now = now or utcnow()
+    ids = {"delivery_id": report.delivery_id, "profile_id": report.profile_id}
+    with engine.begin() as conn:
+        row = conn.execute(sql("select_bounce_target"), ids).mappings().first()
+        known = row is not None and (
+            report.mapped_by != "message_id" or (row["message_id"] or "").lower() == (report.message_id or "").lower()
+        )
+        if not known:
+            # No row, or a Message-ID the row was not sent with (someone guessed the pattern).
+            return _unusable(UNKNOWN_DELIVERY, dsn_status=report.dsn_status), False
+        changed = False
+        if report.kind in (HARD, SOFT):
+            changed = (
+                conn.execute(
+                    sql("record_async_bounce"),
+                    {
+                        "log_id": row["id"],
+                        "failure_type": report.kind,
+                        "reason": f"{report.kind} bounce reported by DSN"
+                        + (f" {report.dsn_status}" if report.dsn_status else ""),
+                        "bounced_at": now,
+                        "dsn_status": report.dsn_status,
+                        "dsn_diagnostic": report.diagnostic,
+                    },
+                ).rowcount
+                == 1
+            )
+            if report.kind == HARD:
+                # Every hard DSN quarantines, even for a row that had bounced already: the
+                # address does not take mail. quarantine_profile.sql keeps the first reason.
+                why = f"hard bounce (DSN) {report.dsn_status or ''}: {report.diagnostic or 'no diagnostic'}"
+                conn.execute(sql("quarantine_profile"), {**ids, "reason": " ".join(why.split()), "now": now})
+        elif report.kind == COMPLAINT:
+            changed = (
+                conn.execute(
+                    sql("insert_complaint_event"), {**ids, "user_agent": report.user_agent, "event_at": now}
+                ).rowcount
+                == 1
+            )
+            conn.execute(sql("blocklist_profile"), ids)
+    return report, changed
+
+
+# ---------------------------------------------------------------- the mailbox
+
+PROCESSED_FOLDER = "Processed"
+UNUSABLE_FOLDER = "Unusable"
+DEFAULT_MAX_MESSAGES = 2000  # per run; the rest waits ten minutes, so a flood cannot stall a run
+MOVE_BATCH = 100
+
+
+@dataclass
+class MailboxSummary:
+    """What one run did: messages read, outcomes, deliveries whose KPIs were recomputed."""
+
+    read: int = 0
+    outcomes: Counter = field(default_factory=Counter)
+    unchanged: int = 0  # bounces and complaints already applied (a run after a crash)
+    deliveries: set[int] = field(default_factory=set)
+    moved: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def count(self, kind: str) -> int:
+        return self.outcomes[kind]
+
+    def unusable(self) -> dict[str, int]:
+        return {reason: self.outcomes[f"{UNUSABLE}: {reason}"] for reason in UNUSABLE_REASONS}
+
+    def summary_line(self) -> str:
+        """The task log's one line for the data team."""
+        unusable = self.unusable()
+        reasons = ", ".join(f"{reason} {count}" for reason, count in unusable.items() if count) or "none"
+        dsns = self.count(HARD) + self.count(SOFT) + self.count(DELAYED)
+        return (
+            f"process_bounces: {self.read} messages read, {dsns} DSNs (hard {self.count(HARD)}, "
+            f"soft {self.count(SOFT)}, delayed {self.count(DELAYED)}), {self.count(COMPLAINT)} complaints, "
+            f"{sum(unusable.values())} unusable ({reasons}), {self.unchanged} already applied, "
+            f"KPIs recomputed for {len(self.deliveries)} deliveries, moved {self.moved[PROCESSED_FOLDER]} to "
+            f"{PROCESSED_FOLDER} and {self.moved[UNUSABLE_FOLDER]} to {UNUSABLE_FOLDER} ({self.seconds:.2f}s)"
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "read": self.read,
+            "hard": self.count(HARD),
+            "soft": self.count(SOFT),
+            "delayed": self.count(DELAYED),
+            "complaints": self.count(COMPLAINT),
+            "unusable": {reason: count for reason, count in self.unusable().items() if count},
+            "unchanged": self.unchanged,
+            "deliveries": sorted(self.deliveries),
+        }
+
+
+def _ok(reply: tuple[str, list], what: str) -> list:
+    status, data = reply
+    if status != "OK":
+        raise MailboxUnavailable(f"The IMAP server refused {what}: {status} {data!r}")
+    return data
+
+
+@contextmanager
+def _imap_errors(what: str) -> Iterator[None]:
+    """Turn imaplib's and the socket's errors into ``MailboxUnavailable`` (the task retries)."""
+    try:
+        yield
+    except (imaplib.IMAP4.error, OSError) as exc:
+        raise MailboxUnavailable(f"IMAP {what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def ensure_folders(client: imaplib.IMAP4, folders: tuple[str, ...] = (PROCESSED_FOLDER, UNUSABLE_FOLDER)) -> None:
+    """Create and subscribe the folders handled mail goes to (RFC 3501 6.3.3); ones that exist stay."""
+    with _imap_errors("LIST"):
+        listing = _ok(client.list(), "LIST")
+    present = {line.decode("utf-8", "replace").rsplit(" ", 1)[-1].strip('"') for line in listing if line}
+    for folder in folders:
+        if folder not in present:
+            with _imap_errors(f"CREATE {folder}"):
+                _ok(client.create(folder), f"CREATE {folder}")
+                client.subscribe(folder)
+
+
+def move_messages(client: imaplib.IMAP4, uids: list[bytes], folder: str) -> None:
+    """Move messages of the selected folder to ``folder``, never deleting one: IMAP MOVE (RFC 6851)
+    when the server offers it, else COPY, flag ``\\Deleted`` and expunge those UIDs only
+    (UID EXPUNGE, RFC 4315); without UIDPLUS they stay flagged (a later EXPUNGE removes them,
+    and the next run skips flagged mail)."""
+    capabilities = {str(c).upper() for c in client.capabilities}
+    for start in range(0, len(uids), MOVE_BATCH):
+        batch = b",".join(uids[start : start + MOVE_BATCH]).decode("ascii")
+        with _imap_errors(f"MOVE to {folder}"):
+            if "MOVE" in capabilities:
+                _ok(client.uid("MOVE", batch, folder), f"MOVE to {folder}")
+                continue
+            _ok(client.uid("COPY", batch, folder), f"COPY to {folder}")
+            _ok(client.uid("STORE", batch, "+FLAGS.SILENT", r"(\Deleted)"), "STORE \\Deleted")
+            if "UIDPLUS" in capabilities:
+                _ok(client.uid("EXPUNGE", batch), "UID EXPUNGE")
+
+
+def process_mailbox(
+    client: imaplib.IMAP4,
+    engine: Engine,
+    secret: bytes,
+    *,
+    inbox: str = "INBOX",
+    max_messages: int = DEFAULT_MAX_MESSAGES,
+) -> MailboxSummary:
+    """Read, apply and file every message of ``inbox`` (a logged-in client), oldest first.
+
+    Each message is applied in its own transaction, and moved (to ``Processed`` or ``Unusable``)
+    only after its transaction committed: a crash in between leaves it in the inbox, and the next
+    run applies it again without changing anything. Then the KPIs of every delivery that changed
+    are recomputed from the logs (``stats.compute_kpis``). One bad message never stops the others.
+
+    Raises ``MailboxUnavailable`` for IMAP trouble and SQLAlchemy's errors for the database's
+    (both transient); messages applied before are filed first when the mailbox still answers.
+    """
+    started = time.monotonic()
+    summary = MailboxSummary()
+    ensure_folders(client)
+    with _imap_errors(f"SELECT {inbox}"):
+        _ok(client.select(inbox), f"SELECT {inbox}")
+        uids = _ok(client.uid("SEARCH", None, "UNDELETED"), "SEARCH")[0].split()[:max_messages]
+    destinations: dict[str, list[bytes]] = {PROCESSED_FOLDER: [], UNUSABLE_FOLDER: []}
+    try:
+        for uid in uids:
+            with _imap_errors("FETCH"):
+                parts = _ok(client.uid("FETCH", uid, "(BODY.PEEK[])"), "FETCH")
+            data = next((part[1] for part in parts if isinstance(part, tuple)), None)
+            if data is None:  # expunged meanwhile by someone else
+                continue
+            summary.read += 1
+            report, changed = apply_report(engine, read_report(data, secret))
+            summary.outcomes[report.outcome] += 1
+            if changed:
+                summary.deliveries.add(report.delivery_id)
+            elif report.kind in (HARD, SOFT, COMPLAINT):
+                summary.unchanged += 1
+            destinations[UNUSABLE_FOLDER if report.kind == UNUSABLE else PROCESSED_FOLDER].append(uid)
+    finally:
+        # File what was committed, also when a later message hit a database error.
+        for folder, moved in destinations.items():
+            if moved:
+                move_messages(client, moved, folder)
+                summary.moved[folder] += len(moved)
+    for delivery_id in sorted(summary.deliveries):
+        stats.compute_kpis(engine, delivery_id)
+    summary.seconds = time.monotonic() - started
+    return summary

@@ -1,0 +1,433 @@
+"""Bounces and complaints: reading DSNs and feedback reports as real servers write them, applying
+them on both databases, and the bounce mailbox over IMAP against a real Dovecot."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pytest
+from bounce_mail import (
+    Sent,
+    auto_reply,
+    exim_dsn,
+    exim_text_bounce,
+    feedback_report,
+    gmail_dsn,
+    microsoft_dsn,
+    postfix_dsn,
+    truncated,
+)
+from sqlalchemy import Engine, text
+
+from campaign import bounces, stats
+from campaign.bounces import (
+    COMPLAINT,
+    DELAYED,
+    FORGED_RETURN_PATH,
+    HARD,
+    NOT_A_BOUNCE,
+    NOT_A_COMPLAINT,
+    SOFT,
+    TRUNCATED,
+    UNKNOWN_DELIVERY,
+    UNUSABLE,
+    apply_report,
+    process_mailbox,
+    read_report,
+)
+from campaign.clock import utcnow
+from campaign.db import sql
+from campaign.rendering import message_id
+from campaign.return_path import ReturnPath
+from campaign.schema import profiles
+
+SECRET = b"bounce-test-secret-0123456789"
+RETURN_PATH = ReturnPath("bounces", "bounce.shop.test")
+
+
+def sent(delivery_id: int = 7, profile_id: int = 42, email: str = "sam@example.test") -> Sent:
+    return Sent(
+        delivery_id,
+        profile_id,
+        email,
+        RETURN_PATH.address(SECRET, delivery_id, profile_id),
+        message_id(delivery_id, profile_id, "shop.test"),
+    )
+
+
+def without_return_path(one: Sent) -> Sent:
+    """The same message sent before CAMPAIGN_RETURN_PATH was set: envelope sender = From."""
+    return Sent(one.delivery_id, one.profile_id, one.email, "news@shop.test", one.message_id)
+
+
+# ---------------------------------------------------------------- reading
+
+
+@pytest.mark.parametrize(
+    ("shape", "build", "kind", "status", "diagnostic_start"),
+    [
+        ("Postfix user unknown", lambda s: postfix_dsn(s), HARD, "5.1.1", "550 5.1.1 <sam@example.test>: Recipient"),
+        ("Postfix queue expired", lambda s: postfix_dsn(s, "soft"), SOFT, "4.4.1", "connect to mail.example.test"),
+        ("Postfix delay warning", lambda s: postfix_dsn(s, "delayed"), DELAYED, "4.4.1", "connect to"),
+        ("Exim", exim_dsn, HARD, "5.0.0", "550 5.2.1 The email account"),
+        ("Gmail no such user", lambda s: gmail_dsn(s), HARD, "5.1.1", "The email account that you tried"),
+        ("Gmail delay", lambda s: gmail_dsn(s, "delayed"), DELAYED, "4.2.2", "452 4.2.2"),
+        ("Microsoft recipient not found", lambda s: microsoft_dsn(s), HARD, "5.1.10", "550 5.1.10 RESOLVER.ADR"),
+        ("Microsoft expired", lambda s: microsoft_dsn(s, "soft"), SOFT, "4.4.7", "400 4.4.7 Message delayed"),
+    ],
+)
+def test_dsns_of_common_servers_map_by_return_path(shape, build, kind, status, diagnostic_start):
+    report = read_report(build(sent()), SECRET)
+
+    assert (report.kind, report.dsn_status) == (kind, status), shape
+    assert (report.delivery_id, report.profile_id, report.mapped_by) == (7, 42, "return_path")
+    assert report.diagnostic.startswith(diagnostic_start)
+    assert "\n" not in report.diagnostic and "  " not in report.diagnostic  # unfolded
+    assert report.recipient == "sam@example.test"
+    assert report.message_id == "<campaign.7.42@shop.test>"
+
+
+def test_a_text_bounce_without_delivery_status_is_recognised_by_the_detector():
+    report = read_report(exim_text_bounce(sent()), SECRET)
+
+    assert (report.kind, report.delivery_id, report.profile_id) == (HARD, 7, 42)
+    assert report.dsn_status is None and report.recipient == "sam@example.test"
+
+
+@pytest.mark.parametrize("build", [postfix_dsn, gmail_dsn, microsoft_dsn, exim_dsn])
+def test_without_return_path_the_enclosed_message_id_maps_it(build):
+    report = read_report(build(without_return_path(sent())), SECRET)
+
+    assert (report.kind, report.delivery_id, report.profile_id, report.mapped_by) == (HARD, 7, 42, "message_id")
+
+
+def test_feedback_reports_are_complaints():
+    yahoo = read_report(feedback_report(sent()), SECRET)
+    jmrp = read_report(
+        feedback_report(sent(), user_agent="Microsoft JMRP", original_mail_from=False, return_path_in_original=False),
+        SECRET,
+    )
+
+    assert (yahoo.kind, yahoo.delivery_id, yahoo.profile_id, yahoo.mapped_by) == (COMPLAINT, 7, 42, "return_path")
+    assert (yahoo.feedback_type, yahoo.user_agent) == ("abuse", "Yahoo!-Mail-Feedback/2.0")
+    assert yahoo.recipient == "redacted@example.test"
+    assert (jmrp.kind, jmrp.delivery_id, jmrp.profile_id, jmrp.mapped_by) == (COMPLAINT, 7, 42, "message_id")
+    assert read_report(feedback_report(sent(), "fraud"), SECRET).kind == COMPLAINT
+
+
+@pytest.mark.parametrize(
+    ("what", "data", "reason"),
+    [
+        ("an out-of-office reply", auto_reply(sent()), NOT_A_BOUNCE),
+        ("a person's mail", b"From: a@example.test\r\nTo: bounces@bounce.shop.test\r\n\r\nhi\r\n", NOT_A_BOUNCE),
+        ("a DSN of mail not ours", postfix_dsn(Sent(1, 1, "x@e.test", "x@o.test", "<a@b>")), UNKNOWN_DELIVERY),
+        ("a DSN cut in its delivery-status part", truncated(postfix_dsn(sent())), TRUNCATED),
+        ("a DSN cut in its per-recipient fields", truncated(microsoft_dsn(sent()), b"Status:"), TRUNCATED),
+        ("a feedback report cut before its fields", truncated(feedback_report(sent()), b"Feedback-Type"), TRUNCATED),
+        ("a not-spam feedback report", feedback_report(sent(), "not-spam"), NOT_A_COMPLAINT),
+        ("garbage", b"\x00\xff" * 100, NOT_A_BOUNCE),
+        ("nothing", b"", NOT_A_BOUNCE),
+    ],
+)  # fmt: skip
+def test_unusable_mail_says_why(what, data, reason):
+    report = read_report(data, SECRET)
+
+    assert (report.kind, report.reason) == (UNUSABLE, reason), what
+    assert report.outcome == f"unusable: {reason}"
+
+
+def test_a_forged_or_altered_return_path_never_maps_not_even_by_message_id():
+    real = sent()
+    altered = Sent(7, 43, real.email, real.return_path.replace("+7.42.", "+7.43."), real.message_id)
+    other_key = Sent(
+        7, 42, real.email, ReturnPath("bounces", "bounce.shop.test").address(b"x" * 20, 7, 42), real.message_id
+    )
+
+    for forged in (altered, other_key):
+        for data in (postfix_dsn(forged), feedback_report(forged), microsoft_dsn(forged)):
+            report = read_report(data, SECRET)
+            assert (report.kind, report.reason, report.delivery_id) == (UNUSABLE, FORGED_RETURN_PATH, None)
+
+
+def test_a_return_path_in_capitals_still_maps():
+    one = sent()
+    shouted = Sent(7, 42, one.email, one.return_path.upper(), one.message_id)
+
+    assert read_report(postfix_dsn(shouted), SECRET).delivery_id == 7
+
+
+# ---------------------------------------------------------------- applying, on both databases
+
+
+def _sent_delivery(engine: Engine, count: int, ready_delivery) -> tuple[int, list[Sent]]:
+    """A delivery whose ``count`` recipients were all accepted by the relay: 'sent' rows with
+    their Message-IDs, KPIs aggregated as at the end of the send."""
+    delivery_id = ready_delivery(engine, recipients=count)
+    now = utcnow()
+    with engine.begin() as conn:
+        targets = conn.execute(
+            text("SELECT seq, profile_id, email FROM delivery_targets WHERE delivery_id = :d ORDER BY seq"),
+            {"d": delivery_id},
+        ).all()
+        conn.execute(
+            sql("insert_broad_log"),
+            [
+                {
+                    "delivery_id": delivery_id, "profile_id": t.profile_id, "seq": t.seq, "email": t.email,
+                    "status": "sent", "failure_type": None, "reason": None, "smtp_code": 250, "smtp_reply": "ok",
+                    "message_id": message_id(delivery_id, t.profile_id, "shop.test"), "attempts": 1,
+                    "worker": "test", "run_id": "r", "logged_at": now - timedelta(minutes=5),
+                }
+                for t in targets
+            ],
+        )  # fmt: skip
+    stats.compute_kpis(engine, delivery_id)
+    return delivery_id, [sent(delivery_id, t.profile_id, t.email) for t in targets]
+
+
+def _log(engine: Engine, one: Sent) -> dict:
+    with engine.begin() as conn:
+        return dict(
+            conn.execute(
+                text("SELECT * FROM broad_logs WHERE delivery_id = :d AND profile_id = :p"),
+                {"d": one.delivery_id, "p": one.profile_id},
+            )
+            .mappings()
+            .one()
+        )
+
+
+def _profile(engine: Engine, profile_id: int) -> dict:
+    with engine.begin() as conn:
+        return dict(conn.execute(profiles.select().where(profiles.c.id == profile_id)).mappings().one())
+
+
+def _kpis(engine: Engine, delivery_id: int) -> dict:
+    with engine.begin() as conn:
+        return stats.stored_kpis(conn, delivery_id)
+
+
+def _complaints(engine: Engine, delivery_id: int) -> int:
+    with engine.begin() as conn:
+        return conn.execute(
+            text("SELECT COUNT(*) FROM tracking_logs WHERE delivery_id = :d AND event_type = 'complaint'"),
+            {"d": delivery_id},
+        ).scalar_one()
+
+
+def test_bounces_and_complaints_move_the_rows_the_profiles_and_the_kpis(campaign_db, ready_delivery):
+    engine = campaign_db.engine
+    delivery_id, recipients = _sent_delivery(engine, 10, ready_delivery)
+    hard, soft, delayed, complainer = recipients[0], recipients[1], recipients[2], recipients[3]
+    assert _kpis(engine, delivery_id)["delivered"] == 10
+
+    reports = [
+        postfix_dsn(hard),
+        microsoft_dsn(soft, "soft"),
+        gmail_dsn(delayed, "delayed"),
+        feedback_report(complainer),
+    ]
+    outcomes = [apply_report(engine, read_report(data, SECRET)) for data in reports]
+    for delivery in {delivery_id}:
+        stats.compute_kpis(engine, delivery)
+
+    assert [(r.kind, changed) for r, changed in outcomes] == [
+        (HARD, True),
+        (SOFT, True),
+        (DELAYED, False),
+        (COMPLAINT, True),
+    ]
+    row = _log(engine, hard)
+    assert (row["status"], row["failure_type"], row["dsn_status"]) == ("bounced", "hard", "5.1.1")
+    assert row["dsn_diagnostic"].startswith("550 5.1.1") and row["bounced_at"] is not None
+    assert row["smtp_code"] == 250, "what the relay said at send time stays"
+    assert _profile(engine, hard.profile_id)["quarantine_reason"].startswith("hard bounce (DSN) 5.1.1: 550 5.1.1")
+    row = _log(engine, soft)
+    assert (row["status"], row["failure_type"], row["dsn_status"]) == ("bounced", "soft", "4.4.7")
+    assert _profile(engine, soft.profile_id)["quarantine_reason"] is None, "a soft bounce does not quarantine"
+    assert _log(engine, delayed)["status"] == "sent" and _log(engine, delayed)["bounced_at"] is None
+    assert _log(engine, complainer)["status"] == "sent"
+    assert _profile(engine, complainer.profile_id)["blocklisted"] is True
+    assert _complaints(engine, delivery_id) == 1
+
+    kpis = _kpis(engine, delivery_id)
+    assert (kpis["delivered"], kpis["hard_bounces"], kpis["soft_bounces"], kpis["bounces_errors"]) == (8, 1, 1, 2)
+    assert kpis["processed"] == 10
+    assert kpis["delivered_rate"] == pytest.approx(0.8)
+    assert kpis["complaints"] == 1 and kpis["complaint_rate"] == pytest.approx(1 / 8)
+    # Compute stats recomputes the same figures from the logs: nothing to change.
+    recomputed = stats.recompute_delivery(engine, delivery_id)
+    assert {k: recomputed.before[k] for k in stats.KPI_COLUMNS} == {k: recomputed.after[k] for k in stats.KPI_COLUMNS}
+
+
+def test_applying_again_changes_nothing(campaign_db, ready_delivery):
+    engine = campaign_db.engine
+    delivery_id, recipients = _sent_delivery(engine, 3, ready_delivery)
+    reports = [read_report(postfix_dsn(recipients[0]), SECRET), read_report(feedback_report(recipients[1]), SECRET)]
+    first = [apply_report(engine, report)[1] for report in reports]
+    before = (_log(engine, recipients[0]), _profile(engine, recipients[0].profile_id))
+
+    again = [apply_report(engine, report)[1] for report in reports]
+    # A later soft DSN for the row that hard-bounced leaves it hard.
+    later_soft = apply_report(engine, read_report(microsoft_dsn(recipients[0], "soft"), SECRET))[1]
+
+    assert first == [True, True] and again == [False, False] and later_soft is False
+    assert (_log(engine, recipients[0]), _profile(engine, recipients[0].profile_id)) == before
+    assert _complaints(engine, delivery_id) == 1
+
+
+def test_only_a_sent_row_becomes_bounced(campaign_db, ready_delivery):
+    engine = campaign_db.engine
+    delivery_id, recipients = _sent_delivery(engine, 2, ready_delivery)
+    with engine.begin() as conn:  # refused at RCPT at send time: already a bounce, with its SMTP reply
+        conn.execute(
+            text("UPDATE broad_logs SET status = 'failed', reason = 'malformed address' WHERE profile_id = :p"),
+            {"p": recipients[0].profile_id},
+        )
+
+    report, changed = apply_report(engine, read_report(microsoft_dsn(recipients[0], "soft"), SECRET))
+
+    assert report.kind == SOFT and changed is False
+    assert _log(engine, recipients[0])["status"] == "failed" and _log(engine, recipients[0])["dsn_status"] is None
+
+
+def test_a_report_naming_no_row_we_sent_is_unknown(campaign_db, ready_delivery):
+    engine = campaign_db.engine
+    delivery_id, recipients = _sent_delivery(engine, 1, ready_delivery)
+    one = recipients[0]
+    cases = [
+        sent(delivery_id + 99, one.profile_id),  # a signed return path of a delivery that does not exist (any more)
+        without_return_path(sent(delivery_id + 99, one.profile_id)),  # a Message-ID of no delivery
+        # The right row's ids in a Message-ID the row was not sent with (another domain): guessed.
+        Sent(delivery_id, one.profile_id, one.email, "news@shop.test",
+             f"<campaign.{delivery_id}.{one.profile_id}@evil.test>"),
+    ]  # fmt: skip
+
+    outcomes = [apply_report(engine, read_report(postfix_dsn(case), SECRET)) for case in cases]
+
+    assert [(r.kind, r.reason, changed) for r, changed in outcomes] == [(UNUSABLE, UNKNOWN_DELIVERY, False)] * 3
+    assert _log(engine, one)["status"] == "sent"
+    assert _profile(engine, one.profile_id)["quarantine_reason"] is None
+
+
+def test_a_forged_return_path_touches_nothing(campaign_db, ready_delivery):
+    engine = campaign_db.engine
+    delivery_id, recipients = _sent_delivery(engine, 2, ready_delivery)
+    victim = recipients[0]
+    forged = Sent(
+        delivery_id, victim.profile_id, victim.email,
+        RETURN_PATH.address(SECRET, delivery_id, recipients[1].profile_id).replace(
+            f".{recipients[1].profile_id}.", f".{victim.profile_id}."
+        ),
+        victim.message_id,
+    )  # fmt: skip
+
+    results = [
+        apply_report(engine, read_report(data, SECRET)) for data in (postfix_dsn(forged), feedback_report(forged))
+    ]
+
+    assert [(r.reason, changed) for r, changed in results] == [(FORGED_RETURN_PATH, False)] * 2
+    assert _log(engine, victim)["status"] == "sent"
+    assert _profile(engine, victim.profile_id)["blocklisted"] is False
+    assert _complaints(engine, delivery_id) == 0
+
+
+# ---------------------------------------------------------------- the mailbox, against a real Dovecot
+
+
+def test_the_mailbox_round_trip_files_everything_and_deletes_nothing(campaign_db, ready_delivery, imap_server, caplog):
+    engine = campaign_db.engine
+    delivery_id, recipients = _sent_delivery(engine, 8, ready_delivery)
+    good = [
+        postfix_dsn(recipients[0]),
+        exim_dsn(recipients[1]),
+        gmail_dsn(recipients[2]),
+        microsoft_dsn(recipients[3], "soft"),
+        postfix_dsn(recipients[4], "delayed"),
+        feedback_report(recipients[5]),
+        feedback_report(recipients[5]),  # the same complaint twice: one event
+    ]
+    forged = Sent(delivery_id, recipients[6].profile_id, recipients[6].email,
+                  recipients[6].return_path.replace(".", ".0", 1), recipients[6].message_id)  # fmt: skip
+    bad = [
+        auto_reply(recipients[7]),
+        postfix_dsn(without_return_path(sent(delivery_id + 5, 1))),
+        truncated(gmail_dsn(recipients[7])),
+        postfix_dsn(forged),
+    ]
+    for data in good + bad:
+        imap_server.append(data)
+
+    with imap_server.client() as client, caplog.at_level(logging.INFO):
+        summary = process_mailbox(client, engine, SECRET)
+
+    assert summary.read == 11
+    assert (summary.count(HARD), summary.count(SOFT), summary.count(DELAYED), summary.count(COMPLAINT)) == (3, 1, 1, 2)
+    assert summary.unusable() == {
+        NOT_A_BOUNCE: 1, UNKNOWN_DELIVERY: 1, TRUNCATED: 1, FORGED_RETURN_PATH: 1, NOT_A_COMPLAINT: 0, "unreadable": 0,
+    }  # fmt: skip
+    assert summary.unchanged == 1 and summary.deliveries == {delivery_id}
+    line = summary.summary_line()
+    assert line.startswith("process_bounces: 11 messages read, 5 DSNs (hard 3, soft 1, delayed 1), 2 complaints, ")
+    assert "4 unusable (not a bounce 1, unknown delivery 1, truncated 1, forged return path 1)" in line
+    assert "KPIs recomputed for 1 deliveries, moved 7 to Processed and 4 to Unusable" in line
+
+    # Every message is kept, byte for byte, in the folder it belongs to; the inbox is empty.
+    assert imap_server.messages("INBOX") == []
+    assert sorted(imap_server.messages("Processed")) == sorted(good)
+    assert sorted(imap_server.messages("Unusable")) == sorted(bad)
+    assert {"Processed", "Unusable"} <= imap_server.folders()
+
+    kpis = _kpis(engine, delivery_id)
+    assert (kpis["delivered"], kpis["hard_bounces"], kpis["soft_bounces"], kpis["complaints"]) == (4, 3, 1, 1)
+    assert kpis["complaint_rate"] == pytest.approx(1 / 4)
+
+    # The next run finds nothing; mail put back into the inbox (a crash before the move) changes nothing.
+    with imap_server.client() as client:
+        assert process_mailbox(client, engine, SECRET).read == 0
+    for data in good:
+        imap_server.append(data)
+    with imap_server.client() as client:
+        again = process_mailbox(client, engine, SECRET)
+    assert (again.read, again.unchanged, again.deliveries) == (7, 6, set())  # all but the delay
+    assert _kpis(engine, delivery_id)["delivered"] == 4 and _complaints(engine, delivery_id) == 1
+
+
+def test_a_move_without_the_move_extension_copies_then_expunges_only_those(imap_server):
+    for number in range(3):
+        imap_server.append(f"Subject: {number}\r\n\r\nbody {number}\r\n".encode())
+    with imap_server.client() as client:
+        bounces.ensure_folders(client)
+        client.select("INBOX")
+        uids = client.uid("SEARCH", None, "ALL")[1][0].split()
+        client.capabilities = tuple(c for c in client.capabilities if c != "MOVE")
+
+        bounces.move_messages(client, uids[:2], bounces.PROCESSED_FOLDER)
+
+    assert imap_server.messages("INBOX") == [b"Subject: 2\r\n\r\nbody 2\r\n"]
+    assert len(imap_server.messages("Processed")) == 2
+
+
+def test_a_database_error_stops_the_run_and_files_only_what_was_committed(campaign_db, ready_delivery, imap_server):
+    engine = campaign_db.engine
+    delivery_id, recipients = _sent_delivery(engine, 2, ready_delivery)
+    imap_server.append(postfix_dsn(recipients[0]))
+    imap_server.append(postfix_dsn(recipients[1]))
+    calls = []
+    real_apply = bounces.apply_report
+
+    def failing_second(engine_, report, now=None):
+        calls.append(report)
+        if len(calls) == 2:
+            raise bounces.MailboxUnavailable("simulated: the database went away")
+        return real_apply(engine_, report, now)
+
+    with imap_server.client() as client, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bounces, "apply_report", failing_second)
+        with pytest.raises(bounces.MailboxUnavailable):
+            process_mailbox(client, engine, SECRET)
+
+    assert len(imap_server.messages("Processed")) == 1 and len(imap_server.messages("INBOX")) == 1
+    assert _log(engine, recipients[0])["status"] == "bounced" and _log(engine, recipients[1])["status"] == "sent"
+    assert delivery_id
