@@ -127,3 +127,17 @@ def test_a_refused_login_fails_at_once_and_touches_no_mail(campaign_db, imap_ser
     assert task_states(run) == {"process_bounce_mailbox": ["failed"], "process_bounce_mailbox#tries": ["1"]}
     assert any("refused the login" in r.getMessage() for r in caplog.records)
     assert imap_server.messages("INBOX") == [b"Subject: kept\r\n\r\nkept\r\n"]
+
+
+def test_without_a_bounce_mailbox_the_run_is_skipped_not_red(campaign_db, bounce_dags, monkeypatch, capsys):
+    """make run and a first docker-compose define no Connection campaign_bounces: a failed run
+    every ten minutes would bury the failures that matter."""
+    _, process_bounces, _ = bounce_dags
+    monkeypatch.delenv("AIRFLOW_CONN_CAMPAIGN_BOUNCES", raising=False)
+
+    run = process_bounces.test()
+
+    assert run.state == "success"
+    assert task_states(run)["process_bounce_mailbox"] == ["skipped"]
+    # The task runner logs the skip's reason (structured, to the task log) with the sentence.
+    assert "No bounce mailbox: Airflow Connection 'campaign_bounces' is not defined" in capsys.readouterr().out
