@@ -532,12 +532,14 @@ def process_mailbox(
                 summary.unchanged += 1
             destinations[UNUSABLE_FOLDER if report.kind == UNUSABLE else PROCESSED_FOLDER].append(uid)
     finally:
-        # File what was committed, also when a later message hit a database error.
+        # File what was committed, also when a later message hit a database error; and bring
+        # the KPIs of what changed up to date then too: the next run finds those messages filed
+        # and would not recompute them.
         for folder, moved in destinations.items():
             if moved:
                 move_messages(client, moved, folder)
                 summary.moved[folder] += len(moved)
-    for delivery_id in sorted(summary.deliveries):
-        stats.compute_kpis(engine, delivery_id)
+        for delivery_id in sorted(summary.deliveries):
+            stats.compute_kpis(engine, delivery_id)
     summary.seconds = time.monotonic() - started
     return summary
