@@ -63,8 +63,11 @@ from campaign.errors import MailboxUnavailable
 from campaign.return_path import read_return_path
 
 log = logging.getLogger(__name__)
-# flufl.bounce logs every detector it tries at INFO: 17 lines per message in the task log.
-logging.getLogger("flufl.bounce").setLevel(logging.WARNING)
+# flufl.bounce logs every detector it tries at INFO (17 lines per message in the task log), and a
+# traceback at ERROR for each detector that chokes on mail that is no bounce at all (random
+# bytes, an empty message): such mail is counted as unusable in the summary line, and the data
+# team must not read a healthy run's log as a broken one.
+logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
 
 HARD, SOFT, DELAYED, COMPLAINT, UNUSABLE = "hard", "soft", "delayed", "complaint", "unusable"
 
