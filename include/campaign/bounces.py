@@ -39,6 +39,7 @@ rise, the complaint rate moves).
 
 from __future__ import annotations
 
+import codecs
 import email
 import imaplib
 import logging
@@ -49,6 +50,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.header import decode_header
 from email.message import Message
 from email.parser import HeaderParser
 from email.utils import getaddresses
@@ -78,7 +80,10 @@ TRUNCATED = "truncated"
 FORGED_RETURN_PATH = "forged return path"
 NOT_A_COMPLAINT = "feedback not a complaint"
 UNREADABLE = "unreadable"
-UNUSABLE_REASONS = (NOT_A_BOUNCE, UNKNOWN_DELIVERY, TRUNCATED, FORGED_RETURN_PATH, NOT_A_COMPLAINT, UNREADABLE)
+NOT_SENT = "message not sent"  # it names a row whose message the relay never accepted
+UNUSABLE_REASONS = (
+    NOT_A_BOUNCE, UNKNOWN_DELIVERY, TRUNCATED, FORGED_RETURN_PATH, NOT_A_COMPLAINT, UNREADABLE, NOT_SENT,
+)  # fmt: skip
 
 # RFC 5965 7.3 registers abuse, fraud, other, virus; RFC 6430 adds not-spam, RFC 6591 auth-failure.
 # Only the first two are a recipient saying "I did not want this".
@@ -137,12 +142,38 @@ def _truncated(msg: Message) -> bool:
     return any(isinstance(defect, _TRUNCATION_DEFECTS) for part in msg.walk() for defect in part.defects)
 
 
-def _field_value(value: str | None) -> str | None:
+def _header_text(value: object) -> str:
+    """A header's text as the server wrote it: RFC 2047 encoded words decoded, and raw 8-bit bytes
+    (servers write their own language into a Diagnostic-Code, RFC 6533 allows UTF-8 there) read
+    as UTF-8, else as Latin-1, instead of the replacement characters ``str()`` gives."""
+    parts = []
+    for chunk, charset in decode_header(value):  # type: ignore[arg-type]
+        if isinstance(chunk, str):
+            parts.append(chunk)
+        elif charset not in (None, "unknown-8bit"):
+            parts.append(chunk.decode(charset, "replace") if _known_charset(charset) else chunk.decode("latin-1"))
+        else:
+            try:
+                parts.append(chunk.decode("utf-8"))
+            except UnicodeDecodeError:
+                parts.append(chunk.decode("latin-1"))
+    return "".join(parts)
+
+
+def _known_charset(charset: str) -> bool:
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        return False
+    return True
+
+
+def _field_value(value: object) -> str | None:
     """A DSN field without its type (``rfc822; a@b`` → ``a@b``, ``smtp; 550 …`` → ``550 …``, RFC
-    3464 2.1.2), white space unfolded."""
+    3464 2.1.2), white space unfolded, 8-bit text decoded (``_header_text``)."""
     if value is None:
         return None
-    text = " ".join(str(value).split())
+    text = " ".join(_header_text(value).split())
     kind, semicolon, rest = text.partition(";")
     if semicolon and re.fullmatch(r"[A-Za-z0-9-]+", kind.strip()):
         text = rest.strip()
@@ -347,9 +378,13 @@ def apply_report(engine: Engine, report: Report, now: datetime | None = None) ->
     """Apply one report in one transaction; returns the report (made ``unusable: unknown delivery``
     when no sending-log row matches it) and whether it changed the delivery's figures.
 
-    Hard or soft bounce: a ``sent`` row becomes ``bounced`` with the DSN's status and diagnostic
-    (any other row is left as it is); a hard one quarantines the profile too. Complaint: one
-    ``complaint`` event per recipient and delivery, the profile blocklisted. Delayed: nothing.
+    Only a message the relay accepted can bounce later or be complained about: a row ``sent``,
+    or ``bounced`` by an earlier DSN (``bounced_at``). A report naming any other row (bounced or
+    failed at the send, ignored, cancelled: no message left) changes nothing and is made
+    ``unusable: message not sent``. Hard or soft bounce: a ``sent`` row becomes ``bounced`` with
+    the DSN's status and diagnostic (one bounced already is left as it is); a hard one
+    quarantines the profile too. Complaint: one ``complaint`` event per recipient and delivery,
+    the profile blocklisted. Delayed: nothing.
     Raises SQLAlchemy's errors (the database is down or busy: the caller stops and retries).
     """
     if report.kind == UNUSABLE or report.delivery_id is None:
@@ -364,6 +399,8 @@ def apply_report(engine: Engine, report: Report, now: datetime | None = None) ->
         if not known:
             # No row, or a Message-ID the row was not sent with (someone guessed the pattern).
             return _unusable(UNKNOWN_DELIVERY, dsn_status=report.dsn_status), False
+        if not (row["status"] == "sent" or (row["status"] == "bounced" and row["bounced_at"] is not None)):
+            return _unusable(NOT_SENT, dsn_status=report.dsn_status, **ids), False
         changed = False
         if report.kind in (HARD, SOFT):
             changed = (
@@ -411,7 +448,7 @@ class MailboxSummary:
 
     read: int = 0
     outcomes: Counter = field(default_factory=Counter)
-    unchanged: int = 0  # bounces and complaints already applied (a run after a crash)
+    unchanged: int = 0  # bounces and complaints already applied (mail read again), not in outcomes
     deliveries: set[int] = field(default_factory=set)
     moved: Counter = field(default_factory=Counter)
     seconds: float = 0.0
@@ -528,10 +565,11 @@ def process_mailbox(
                 continue
             summary.read += 1
             report, changed = apply_report(engine, read_report(data, secret))
-            summary.outcomes[report.outcome] += 1
             if changed:
                 summary.deliveries.add(report.delivery_id)
-            elif report.kind in (HARD, SOFT, COMPLAINT):
+            if changed or report.kind not in (HARD, SOFT, COMPLAINT):
+                summary.outcomes[report.outcome] += 1
+            else:  # each message is counted once: a report read again is not a new bounce
                 summary.unchanged += 1
             destinations[UNUSABLE_FOLDER if report.kind == UNUSABLE else PROCESSED_FOLDER].append(uid)
     finally:

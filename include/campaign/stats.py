@@ -3,7 +3,9 @@ per-recipient engagement, and Compute stats.
 
 Invariant: a delivery's ``unique_opens``, ``unique_clicks`` and ``clicks`` in ``delivery_kpis``,
 and the same without machines (``human_unique_opens``, ``human_unique_clicks``, ``human_clicks``),
-are the sums of its ``delivery_engagement`` rows. Every transaction that changes either takes
+are the sums of its ``delivery_engagement`` rows of delivered recipients (sending-log status
+``sent``, or no row yet): every rate divides by delivered, so the engagement of a message that
+bounced, failed, was ignored or cancelled is kept per recipient but not counted. Every transaction that changes either takes
 the engagement lock first, so the hourly fold, Compute stats and aggregation never count the
 same events twice, whatever order or concurrency they run in.
 """
@@ -30,6 +32,11 @@ DEFAULT_LAG_SECONDS = 30.0
 ENGAGEMENT_COUNTS = (
     "unique_opens", "unique_clicks", "clicks", "human_unique_opens", "human_unique_clicks", "human_clicks",
 )  # fmt: skip
+# Whose engagement the KPIs count: delivered recipients ('sent'), and those whose sending-log row
+# is not written yet (None: the relay accepted the message a moment before its chunk committed).
+# Every rate divides by delivered, so opens of a message that bounced later by DSN, or of one that
+# never left, must not be in its numerator (compute_delivery_kpis.sql subtracts the same).
+COUNTED_LOG_STATUSES = ("sent", None)
 KPI_COLUMNS = (
     "to_deliver", "delivered", "bounces_errors", "hard_bounces", "soft_bounces", "errors", "ignored", "cancelled",
     "processed",    "delivered_rate", "bounce_error_rate", "unique_opens", "open_rate", "unique_clicks", "clicks",
@@ -106,6 +113,8 @@ def _fold_new_events(conn: Connection, lag_seconds: float, started: float) -> Fo
     deltas: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(ENGAGEMENT_COUNTS, 0))
     for row in changes:
         delta = deltas[row["delivery_id"]]
+        if row["log_status"] not in COUNTED_LOG_STATUSES:
+            continue  # engagement of a message not delivered: kept per recipient, not in the KPIs
         for prefix in ("", "human_"):
             delta[f"{prefix}unique_opens"] += (row[f"first_{prefix}open_at"] is not None) - (
                 row[f"old_first_{prefix}open_at"] is not None

@@ -3,6 +3,10 @@
 -- (broad_logs_delivery_outcome, delivery_engagement_clicks), so no table row is read. delivered
 -- is the total minus the other statuses (a closed set, checked by the schema): the small ranges
 -- are counted and the large one is not walked twice.
+-- Opens, clicks and complaints count delivered recipients only: every rate divides by delivered,
+-- so its numerator must not hold a recipient outside it. Events of the others (a message bounced
+-- later by a DSN after a scanner fetched its pixel; a token used for a message that never left)
+-- stay recorded, and are subtracted here from the small ranges of the not-delivered statuses.
 -- MATERIALIZED: PostgreSQL would otherwise inline the counts into every expression using them.
 WITH logs AS MATERIALIZED (
     SELECT
@@ -43,11 +47,36 @@ engagement AS MATERIALIZED (
         (SELECT COALESCE(SUM(human_clicks), 0) FROM delivery_engagement
          WHERE delivery_id = :delivery_id AND human_clicks > 0) AS human_clicks
 ),
+undelivered AS MATERIALIZED (
+    -- The engagement of recipients whose message was not delivered: every status but 'sent'.
+    SELECT COUNT(*) AS unique_opens,
+           COUNT(CASE WHEN e.clicks > 0 THEN 1 END) AS unique_clicks,
+           COALESCE(SUM(e.clicks), 0) AS clicks,
+           COUNT(e.first_human_open_at) AS human_unique_opens,
+           COUNT(e.first_human_click_at) AS human_unique_clicks,
+           COALESCE(SUM(e.human_clicks), 0) AS human_clicks
+    FROM broad_logs b
+    JOIN delivery_engagement e ON e.delivery_id = b.delivery_id AND e.profile_id = b.profile_id
+    WHERE b.delivery_id = :delivery_id AND b.status IN ('bounced', 'failed', 'ignored', 'cancelled')
+),
+delivered_engagement AS MATERIALIZED (
+    SELECT engagement.unique_opens - undelivered.unique_opens AS unique_opens,
+           engagement.unique_clicks - undelivered.unique_clicks AS unique_clicks,
+           engagement.clicks - undelivered.clicks AS clicks,
+           engagement.human_unique_opens - undelivered.human_unique_opens AS human_unique_opens,
+           engagement.human_unique_clicks - undelivered.human_unique_clicks AS human_unique_clicks,
+           engagement.human_clicks - undelivered.human_clicks AS human_clicks
+    FROM engagement, undelivered
+),
 complaints AS MATERIALIZED (
-    -- At most one complaint event per recipient (unique index tracking_logs_one_complaint).
+    -- At most one complaint event per recipient (unique index tracking_logs_one_complaint), of
+    -- delivered recipients only.
     SELECT COUNT(*) AS complaints
-    FROM tracking_logs
-    WHERE delivery_id = :delivery_id AND event_type = 'complaint'
+    FROM tracking_logs l
+    WHERE l.delivery_id = :delivery_id AND l.event_type = 'complaint'
+      AND l.profile_id NOT IN (
+          SELECT b.profile_id FROM broad_logs b
+          WHERE b.delivery_id = :delivery_id AND b.status IN ('bounced', 'failed', 'ignored', 'cancelled'))
 )
 SELECT
     targets.to_deliver,
@@ -63,16 +92,18 @@ SELECT
         / NULLIF(counts.delivered + counts.bounces + counts.errors, 0) AS delivered_rate,
     CAST(counts.bounces + counts.errors AS DOUBLE PRECISION)
         / NULLIF(counts.delivered + counts.bounces + counts.errors, 0) AS bounce_error_rate,
-    engagement.unique_opens,
-    CAST(engagement.unique_opens AS DOUBLE PRECISION) / NULLIF(counts.delivered, 0) AS open_rate,
-    engagement.unique_clicks,
-    engagement.clicks,
-    CAST(engagement.unique_clicks AS DOUBLE PRECISION) / NULLIF(counts.delivered, 0) AS click_through_rate,
-    engagement.human_unique_opens,
-    CAST(engagement.human_unique_opens AS DOUBLE PRECISION) / NULLIF(counts.delivered, 0) AS human_open_rate,
-    engagement.human_unique_clicks,
-    engagement.human_clicks,
-    CAST(engagement.human_unique_clicks AS DOUBLE PRECISION) / NULLIF(counts.delivered, 0) AS human_click_through_rate,
+    delivered_engagement.unique_opens,
+    CAST(delivered_engagement.unique_opens AS DOUBLE PRECISION) / NULLIF(counts.delivered, 0) AS open_rate,
+    delivered_engagement.unique_clicks,
+    delivered_engagement.clicks,
+    CAST(delivered_engagement.unique_clicks AS DOUBLE PRECISION) / NULLIF(counts.delivered, 0) AS click_through_rate,
+    delivered_engagement.human_unique_opens,
+    CAST(delivered_engagement.human_unique_opens AS DOUBLE PRECISION) / NULLIF(counts.delivered, 0)
+        AS human_open_rate,
+    delivered_engagement.human_unique_clicks,
+    delivered_engagement.human_clicks,
+    CAST(delivered_engagement.human_unique_clicks AS DOUBLE PRECISION) / NULLIF(counts.delivered, 0)
+        AS human_click_through_rate,
     complaints.complaints,
     CAST(complaints.complaints AS DOUBLE PRECISION) / NULLIF(counts.delivered, 0) AS complaint_rate
-FROM counts, targets, engagement, complaints
+FROM counts, targets, delivered_engagement, complaints

@@ -3,7 +3,8 @@
 -- the events of people only (machine FALSE, or NULL: recorded before the machine rules, counted as
 -- human since nothing says otherwise). Only the new events are read, so the cost follows them and
 -- not the history; each event is folded exactly once because the watermark moves past upto_id in
--- the same transaction.
+-- the same transaction. log_status: the recipient's sending-log status (NULL while its row is not
+-- written yet); the KPIs count the engagement of delivered recipients only (stats).
 WITH new_events AS (
     SELECT delivery_id,
            profile_id,
@@ -38,6 +39,8 @@ SELECT n.delivery_id,
        COALESCE(e.clicks, 0) AS old_clicks,
        e.first_human_open_at AS old_first_human_open_at,
        e.first_human_click_at AS old_first_human_click_at,
-       COALESCE(e.human_clicks, 0) AS old_human_clicks
+       COALESCE(e.human_clicks, 0) AS old_human_clicks,
+       b.status AS log_status
 FROM new_events n
 LEFT JOIN delivery_engagement e ON e.delivery_id = n.delivery_id AND e.profile_id = n.profile_id
+LEFT JOIN broad_logs b ON b.delivery_id = n.delivery_id AND b.profile_id = n.profile_id

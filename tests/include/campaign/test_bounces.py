@@ -28,6 +28,7 @@ from campaign.bounces import (
     HARD,
     NOT_A_BOUNCE,
     NOT_A_COMPLAINT,
+    NOT_SENT,
     SOFT,
     TRUNCATED,
     UNKNOWN_DELIVERY,
@@ -277,19 +278,71 @@ def test_applying_again_changes_nothing(campaign_db, ready_delivery):
     assert _complaints(engine, delivery_id) == 1
 
 
-def test_only_a_sent_row_becomes_bounced(campaign_db, ready_delivery):
+@pytest.mark.parametrize(
+    ("status", "failure_type"),
+    [
+        ("failed", None),  # an error at send time: no message left
+        ("bounced", "hard"),  # refused at RCPT at send time, with its SMTP reply
+        ("ignored", None),  # never sent: blocklisted or quarantined before the send
+        ("cancelled", None),  # the delivery was stopped before its turn
+    ],
+)
+def test_a_report_for_a_message_that_never_left_changes_nothing(campaign_db, ready_delivery, status, failure_type):
+    # Only a message the relay accepted can bounce later or be complained about; a report naming
+    # any other row (a leaked secret, a confused relay) must not quarantine, blocklist or count.
     engine = campaign_db.engine
     delivery_id, recipients = _sent_delivery(engine, 2, ready_delivery)
-    with engine.begin() as conn:  # refused at RCPT at send time: already a bounce, with its SMTP reply
+    one = recipients[0]
+    with engine.begin() as conn:
         conn.execute(
-            text("UPDATE broad_logs SET status = 'failed', reason = 'malformed address' WHERE profile_id = :p"),
-            {"p": recipients[0].profile_id},
+            text("UPDATE broad_logs SET status = :s, failure_type = :f, reason = 'at send time' WHERE profile_id = :p"),
+            {"s": status, "f": failure_type, "p": one.profile_id},
         )
+    before = (_log(engine, one), _profile(engine, one.profile_id))
 
-    report, changed = apply_report(engine, read_report(microsoft_dsn(recipients[0], "soft"), SECRET))
+    results = [
+        apply_report(engine, read_report(data, SECRET))
+        for data in (postfix_dsn(one), microsoft_dsn(one, "soft"), feedback_report(one))
+    ]
 
-    assert report.kind == SOFT and changed is False
-    assert _log(engine, recipients[0])["status"] == "failed" and _log(engine, recipients[0])["dsn_status"] is None
+    assert [(r.kind, r.reason, r.delivery_id, changed) for r, changed in results] == [
+        (UNUSABLE, NOT_SENT, delivery_id, False)
+    ] * 3
+    assert (_log(engine, one), _profile(engine, one.profile_id)) == before
+    assert _complaints(engine, delivery_id) == 0
+
+
+def test_a_complaint_after_a_dsn_blocklists_but_is_not_counted_over_delivered(campaign_db, ready_delivery):
+    # The message was accepted, then bounced by DSN: a complaint about it still blocklists the
+    # person, but the complaint rate divides by delivered, which no longer holds them.
+    engine = campaign_db.engine
+    delivery_id, recipients = _sent_delivery(engine, 4, ready_delivery)
+    one = recipients[0]
+    assert apply_report(engine, read_report(postfix_dsn(one), SECRET))[1] is True
+
+    report, changed = apply_report(engine, read_report(feedback_report(one), SECRET))
+    kpis = stats.compute_kpis(engine, delivery_id)
+
+    assert (report.kind, changed) == (COMPLAINT, True)
+    assert _profile(engine, one.profile_id)["blocklisted"] is True and _complaints(engine, delivery_id) == 1
+    assert (kpis["delivered"], kpis["complaints"], kpis["complaint_rate"]) == (3, 0, 0.0)
+
+
+def test_8bit_text_in_a_diagnostic_code_is_kept_as_the_server_wrote_it(campaign_db, ready_delivery):
+    # Servers write their own language there (RFC 6533 allows UTF-8); older ones write Latin-1.
+    engine = campaign_db.engine
+    delivery_id, recipients = _sent_delivery(engine, 2, ready_delivery)
+    words = "Benutzer unbekannt, Postfach gelöscht"
+    for one, encoding in zip(recipients, ("utf-8", "latin-1"), strict=True):
+        data = postfix_dsn(one).replace(b"Recipient address rejected: User\r\n    unknown", words.encode(encoding))
+        assert words.encode(encoding) in data
+
+        report, changed = apply_report(engine, read_report(data, SECRET))
+
+        assert changed is True
+        assert f"<{one.email}>: {words} in virtual mailbox table" in report.diagnostic, report.diagnostic
+        assert _log(engine, one)["dsn_diagnostic"] == report.diagnostic
+        assert words in _profile(engine, one.profile_id)["quarantine_reason"]
 
 
 def test_a_report_naming_no_row_we_sent_is_unknown(campaign_db, ready_delivery):
@@ -363,13 +416,16 @@ def test_the_mailbox_round_trip_files_everything_and_deletes_nothing(campaign_db
         summary = process_mailbox(client, engine, SECRET)
 
     assert summary.read == 11
-    assert (summary.count(HARD), summary.count(SOFT), summary.count(DELAYED), summary.count(COMPLAINT)) == (3, 1, 1, 2)
+    # Each message counted once: the second copy of the complaint is "already applied".
+    assert (summary.count(HARD), summary.count(SOFT), summary.count(DELAYED), summary.count(COMPLAINT)) == (3, 1, 1, 1)
     assert summary.unusable() == {
         NOT_A_BOUNCE: 1, UNKNOWN_DELIVERY: 1, TRUNCATED: 1, FORGED_RETURN_PATH: 1, NOT_A_COMPLAINT: 0, "unreadable": 0,
+        NOT_SENT: 0,
     }  # fmt: skip
     assert summary.unchanged == 1 and summary.deliveries == {delivery_id}
     line = summary.summary_line()
-    assert line.startswith("process_bounces: 11 messages read, 5 DSNs (hard 3, soft 1, delayed 1), 2 complaints, ")
+    assert line.startswith("process_bounces: 11 messages read, 5 DSNs (hard 3, soft 1, delayed 1), 1 complaints, ")
+    assert ", 1 already applied," in line
     assert "4 unusable (not a bounce 1, unknown delivery 1, truncated 1, forged return path 1)" in line
     assert "KPIs recomputed for 1 deliveries, moved 7 to Processed and 4 to Unusable" in line
 

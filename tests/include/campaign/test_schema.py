@@ -55,6 +55,19 @@ def test_create_schema_adds_indexes_missing_from_an_existing_database(campaign_d
         assert {index.name for index in table.indexes} <= _index_names(engine, table.name)
 
 
+def test_create_schema_makes_again_an_index_whose_columns_changed(campaign_db) -> None:
+    # broad_logs_delivery_outcome gained profile_id; a database made before has the old one.
+    engine = campaign_db.engine
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX broad_logs_delivery_outcome"))
+        conn.execute(text("CREATE INDEX broad_logs_delivery_outcome ON broad_logs (delivery_id, status, failure_type)"))
+
+    create_schema(engine)
+
+    columns = {index["name"]: index["column_names"] for index in inspect(engine).get_indexes("broad_logs")}
+    assert columns["broad_logs_delivery_outcome"] == ["delivery_id", "status", "profile_id", "failure_type"]
+
+
 @pytest.mark.parametrize(
     ("statement", "table"),
     [
@@ -68,9 +81,16 @@ def test_kpi_counts_read_only_covering_indexes_on_sqlite(sqlite_db, statement: s
     with sqlite_db.engine.connect() as conn:
         plan = [row[-1] for row in conn.execute(text(f"EXPLAIN QUERY PLAN {query}"), {"delivery_id": 1, "upto_id": 9})]
 
-    reads = [step for step in plan if f" {table} " in f" {step} "]
+    # A read names the table or its alias; the index it uses names the table. Ranges must be
+    # covered; only a lookup of one recipient by its key may read its row (the engagement of a
+    # recipient whose message was not delivered, which the KPIs leave out).
+    reads = [
+        step for step in plan if f" {table} " in f" {step} " or re.search(rf"INDEX (sqlite_autoindex_)?{table}", step)
+    ]
     assert reads, plan
-    assert all("USING COVERING INDEX" in step for step in reads), plan
+    ranges = [step for step in reads if not step.endswith("(delivery_id=? AND profile_id=?)")]
+    assert ranges, plan
+    assert all("USING COVERING INDEX" in step for step in ranges), plan
 
 
 @pytest.mark.parametrize(

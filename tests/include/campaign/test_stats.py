@@ -328,7 +328,7 @@ def test_fold_with_nothing_delivered_leaves_the_rates_null(campaign_db) -> None:
     row = _kpi_row(engine, delivery_id)
     assert result.events == 2
     assert (row["delivered"], row["processed"]) == (0, 3)
-    assert _counts(row) == (2, 1, 1)
+    assert _counts(row) == (0, 0, 0)  # opens of messages not delivered are not counted
     assert row["open_rate"] is None
     assert row["click_through_rate"] is None
 
@@ -569,7 +569,8 @@ def test_compute_kpis_stores_what_recompute_delivery_produces(sent: Sent) -> Non
     assert _kpis_only(before) == stored
     assert after == stored
     assert _kpis_only(_kpi_row(engine, delivery_id)) == stored
-    assert (stored["unique_opens"], stored["unique_clicks"], stored["clicks"]) == (3, 1, 2)
+    # p[4]'s message bounced: its open is kept, not counted
+    assert (stored["unique_opens"], stored["unique_clicks"], stored["clicks"]) == (2, 1, 2)
     assert before_after_table([Recomputed(delivery_id, before, after)]) == "no KPI changed"
 
 
@@ -834,3 +835,87 @@ def test_events_flagged_in_their_moment_are_not_folded_before_it_ends(sent: Sent
     row = _kpi_row(engine, delivery_id)
     assert (_counts(row), _human(row)) == ((1, 1, 1), (0, 0, 0))
     assert recompute_delivery(engine, delivery_id, lag_seconds=0).engagement_mismatch is None
+
+
+# ---------------------------------------------------------------- delivered recipients only
+
+
+def test_engagement_of_messages_not_delivered_stays_out_of_every_kpi(campaign_db) -> None:
+    # Every rate divides by delivered: opens, clicks and complaints of a recipient whose message
+    # bounced, failed, was ignored or cancelled would put someone outside the denominator into
+    # the numerator. Their events stay recorded and folded per recipient.
+    engine = campaign_db.engine
+    _add_profiles(engine, 5)
+    delivery_id, p = _sent_delivery(engine, ["sent", "hard", "failed", "ignored", "soft"])
+    _judged(
+        engine,
+        delivery_id,
+        [(who, kind, machine_made) for who in p for kind, machine_made in (("open", True), ("click", False))],
+    )
+    with engine.begin() as conn:
+        for who in p:
+            conn.execute(
+                sql("insert_complaint_event"),
+                {"delivery_id": delivery_id, "profile_id": who, "user_agent": None, "event_at": utcnow()},
+            )
+
+    folded = fold_new_events(engine, lag_seconds=0)
+
+    assert (folded.recipients, len(_engagement(engine, delivery_id))) == (5, 5)  # all kept per recipient
+    row = _kpi_row(engine, delivery_id)
+    assert row["delivered"] == 1
+    assert (_counts(row), _human(row)) == ((1, 1, 1), (1, 1, 1))
+    assert (row["open_rate"], row["human_click_through_rate"]) == (1.0, 1.0)
+    computed = compute_kpis(engine, delivery_id)
+    assert (computed["complaints"], computed["complaint_rate"]) == (1, 1.0)
+    assert _kpis_only(_kpi_row(engine, delivery_id)) == _kpis_only(computed)  # the fold and the query agree
+    recomputed = recompute_delivery(engine, delivery_id, lag_seconds=0)
+    assert (recomputed.engagement_mismatch, recomputed.engagement_rebuilt) == (None, None)
+
+
+def test_a_bounce_reported_after_an_open_takes_the_open_out_with_the_delivery(sent: Sent) -> None:
+    # A link scanner fetched the pixel, then the mailbox bounced the message by DSN.
+    engine, delivery_id, p = sent.engine, sent.delivery_id, sent.ids
+    _judged(engine, delivery_id, [(p[0], "open", True), (p[1], "click", False)])
+    fold_new_events(engine, lag_seconds=0)
+    assert (_kpi_row(engine, delivery_id)["delivered"], _counts(_kpi_row(engine, delivery_id))) == (4, (2, 1, 1))
+
+    with engine.begin() as conn:
+        log_id = (
+            conn.execute(sql("select_bounce_target"), {"delivery_id": delivery_id, "profile_id": p[1]})
+            .mappings()
+            .one()["id"]
+        )
+        conn.execute(
+            sql("record_async_bounce"),
+            {
+                "log_id": log_id,
+                "failure_type": "hard",
+                "reason": "hard bounce reported by DSN 5.1.1",
+                "bounced_at": utcnow(),
+                "dsn_status": "5.1.1",
+                "dsn_diagnostic": "550 5.1.1 no such user",
+            },
+        )
+    kpis = compute_kpis(engine, delivery_id)
+
+    assert (kpis["delivered"], kpis["unique_opens"], kpis["unique_clicks"], kpis["human_unique_opens"]) == (3, 1, 0, 0)
+    assert kpis["open_rate"] == pytest.approx(1 / 3)
+    _judged(engine, delivery_id, [(p[1], "click", False)])  # a later click of that recipient
+    fold_new_events(engine, lag_seconds=0)
+    assert _kpis_only(_kpi_row(engine, delivery_id)) == _kpis_only(compute_kpis(engine, delivery_id))
+    assert recompute_delivery(engine, delivery_id, lag_seconds=0).engagement_mismatch is None
+
+
+def test_an_open_before_the_sending_log_row_is_written_counts(campaign_db) -> None:
+    # The relay accepts a message a moment before its chunk commits the row; a fast proxy's
+    # open in between is a delivered recipient's.
+    engine = campaign_db.engine
+    _add_profiles(engine, 2)
+    delivery_id, p = _sent_delivery(engine, ["sent"])
+    compute_kpis(engine, delivery_id)
+    _judged(engine, delivery_id, [(p[0], "open", False), (p[1], "open", True)])
+
+    fold_new_events(engine, lag_seconds=0)
+
+    assert _counts(_kpi_row(engine, delivery_id)) == (2, 0, 0)
