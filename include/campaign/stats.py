@@ -5,9 +5,10 @@ Invariant: a delivery's ``unique_opens``, ``unique_clicks`` and ``clicks`` in ``
 and the same without machines (``human_unique_opens``, ``human_unique_clicks``, ``human_clicks``),
 are the sums of its ``delivery_engagement`` rows of delivered recipients (sending-log status
 ``sent``, or no row yet): every rate divides by delivered, so the engagement of a message that
-bounced, failed, was ignored or cancelled is kept per recipient but not counted. Every transaction that changes either takes
-the engagement lock first, so the hourly fold, Compute stats and aggregation never count the
-same events twice, whatever order or concurrency they run in.
+bounced, failed, was ignored or cancelled is kept per recipient but not counted. Every
+transaction that changes either takes the engagement lock first, so the hourly fold, Compute
+stats and aggregation never count the same events twice, whatever order or concurrency they
+run in.
 """
 
 from __future__ import annotations
