@@ -9,7 +9,7 @@ import smtplib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from airflow.providers.imap.hooks.imap import ImapHook
 from airflow.providers.smtp.hooks.smtp import SmtpHook
@@ -112,27 +112,23 @@ def campaign_bounce_mailbox() -> Iterator[imaplib.IMAP4]:
     password; extra ``use_ssl``, default true), as a logged-in ``imaplib`` client, logged out at
     the end. Raises ``MailboxUnavailable`` (retry) when the server cannot be reached,
     ``ConfigurationError`` (fail at once) when the login is refused, and skips the task when the
-    Connection is not defined (no bounce mailbox in this deployment)."""
+    Connection is not defined or has no host (no bounce mailbox in this deployment yet)."""
     hook = ImapHook(imap_conn_id=CAMPAIGN_BOUNCES_CONN_ID)
     what = f"the IMAP server of Connection {CAMPAIGN_BOUNCES_CONN_ID!r}"
+    try:
+        connection = hook.get_connection(CAMPAIGN_BOUNCES_CONN_ID)
+    except Exception as exc:  # AirflowNotFoundException and the SDK's own, which differ by version
+        if "not found" in str(exc).lower() or "isn't defined" in str(exc):
+            _skip_without_mailbox("is not defined")
+        raise MailboxUnavailable(f"Cannot read Connection {CAMPAIGN_BOUNCES_CONN_ID!r}: {exc}") from exc
+    if not (connection.host or "").strip():
+        _skip_without_mailbox("has no host")
     try:
         hook.get_conn()
     except (imaplib.IMAP4.abort, OSError) as exc:
         raise MailboxUnavailable(f"Cannot connect to {what}: {exc}") from exc
     except imaplib.IMAP4.error as exc:  # NO to LOGIN: a wrong password does not heal by retrying
         raise ConfigurationError(f"{what} refused the login of the Connection: {exc}") from None
-    except Exception as exc:  # AirflowNotFoundException and the SDK's own, which differ by version
-        if "not found" in str(exc).lower() or "isn't defined" in str(exc):
-            # A deployment without a bounce mailbox (make run, a first docker-compose) is not
-            # broken: a red run every ten minutes would hide the failures that matter.
-            from airflow.sdk.exceptions import AirflowSkipException
-
-            raise AirflowSkipException(
-                f"No bounce mailbox: Airflow Connection {CAMPAIGN_BOUNCES_CONN_ID!r} is not defined, so nothing "
-                "was read. Define it (type imap: host, port, login, password; extra use_ssl) to process "
-                "bounces and complaints."
-            ) from None
-        raise MailboxUnavailable(f"Cannot connect to {what}: {exc}") from exc
     client = hook.mail_client
     try:
         yield client
@@ -141,6 +137,17 @@ def campaign_bounce_mailbox() -> Iterator[imaplib.IMAP4]:
             client.logout()
         except (imaplib.IMAP4.error, OSError):
             pass
+
+
+def _skip_without_mailbox(why: str) -> NoReturn:
+    # A deployment without a bounce mailbox (make run, a first docker-compose) is not broken: a
+    # red run every ten minutes would hide the failures that matter.
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    raise AirflowSkipException(
+        f"No bounce mailbox: Airflow Connection {CAMPAIGN_BOUNCES_CONN_ID!r} {why}, so nothing was read. "
+        "Define it (type imap: host, port, login, password; extra use_ssl) to process bounces and complaints."
+    )
 
 
 @contextmanager

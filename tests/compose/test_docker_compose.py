@@ -114,6 +114,10 @@ def test_connections_and_databases(compose):
     smtp = json.loads(variables[f"AIRFLOW_CONN_{CAMPAIGN_SMTP_CONN_ID.upper()}"])
     assert smtp["conn_type"] == "smtp" and smtp["host"] == "mailpit"
     assert variables["CAMPAIGN_TRACKING_SECRET"] and variables["AIRFLOW__API_AUTH__JWT_SECRET"]
+    # The bounce mailbox's Connection is valid JSON with .env.example's values, and has no host
+    # until ops set one: process_bounces then skips its runs instead of failing every ten minutes.
+    bounces = json.loads(variables["AIRFLOW_CONN_CAMPAIGN_BOUNCES"])
+    assert (bounces["conn_type"], bounces["host"], bounces["port"]) == ("imap", "", 993)
     init = " ".join(compose["services"]["airflow-init"]["command"])
     assert "airflow db migrate" in init and "airflow pools set campaign_smtp" in init and "init-db" in init
 

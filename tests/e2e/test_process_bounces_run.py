@@ -141,3 +141,19 @@ def test_without_a_bounce_mailbox_the_run_is_skipped_not_red(campaign_db, bounce
     assert task_states(run)["process_bounce_mailbox"] == ["skipped"]
     # The task runner logs the skip's reason (structured, to the task log) with the sentence.
     assert "No bounce mailbox: Airflow Connection 'campaign_bounces' is not defined" in capsys.readouterr().out
+
+
+def test_a_bounce_connection_without_a_host_skips_the_run(campaign_db, bounce_dags, monkeypatch, capsys):
+    """docker-compose defines the Connection from .env, whose bounce host is empty until ops set
+    it: the same skip, with the sentence naming what is missing."""
+    _, process_bounces, _ = bounce_dags
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CAMPAIGN_BOUNCES",
+        json.dumps({"conn_type": "imap", "host": "", "port": 993, "login": "bounces", "password": "x"}),
+    )
+
+    run = process_bounces.test()
+
+    assert run.state == "success"
+    assert task_states(run)["process_bounce_mailbox"] == ["skipped"]
+    assert "No bounce mailbox: Airflow Connection 'campaign_bounces' has no host" in capsys.readouterr().out

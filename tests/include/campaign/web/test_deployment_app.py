@@ -120,17 +120,37 @@ def test_a_form_post_from_another_site_cannot_pause(campaign_db, sending) -> Non
     assert _status(campaign_db.engine, delivery_id) == "sending"
 
 
-def test_an_automatic_pause_shows_its_reason_and_figures_on_the_page(campaign_db, sending) -> None:
-    client, delivery_id = sending
+def test_an_automatic_pause_shows_its_reason_and_figures_on_the_page(campaign_db, ready_delivery) -> None:
     engine = campaign_db.engine
-    with engine.begin() as conn:
-        reading = controls.BrakeReading(processed=500, bounces_errors=212, threshold=30.0, window=500)
-        assert controls._change(conn, delivery_id, "auto_paused", None, reading.sentence(), "run-1")
+    operators.create_operator(engine, "alice")
+    delivery_id = ready_delivery(engine, recipients=25)
+    start_confirmed_send(engine, delivery_id, "alice", "run-2")
+    client = TestClient(create_app(lambda: engine, _user))
+    with engine.begin() as conn:  # what the relay said: 11 of 25 refused (seq counts from 1)
+        targets = conn.execute(
+            select(delivery_targets)
+            .where(delivery_targets.c.delivery_id == delivery_id)
+            .order_by(delivery_targets.c.seq)
+        ).all()
+        conn.execute(
+            sql("insert_broad_log"),
+            [
+                {
+                    "delivery_id": delivery_id, "profile_id": t.profile_id, "seq": t.seq, "email": t.email,
+                    "status": "bounced" if t.seq <= 11 else "sent", "failure_type": "hard" if t.seq <= 11 else None,
+                    "reason": None, "smtp_code": 550 if t.seq <= 11 else 250, "smtp_reply": None, "message_id": None,
+                    "attempts": 1, "worker": "test:1", "run_id": "run-2", "logged_at": datetime.now(UTC),
+                }
+                for t in targets
+            ],
+        )  # fmt: skip
+
+    assert controls.check_brake(engine, delivery_id, "run-2") is not None
 
     page = client.get(f"/deliveries/{delivery_id}", headers={"X-User": "alice"}).text
     assert (
-        "<b>Paused</b>: automatic brake: 212 of the last 500 processed messages bounced or failed "
-        "(42.4 % &gt; 30 %, window 500)"
+        "<b>Paused</b>: automatic brake: 11 of the last 25 processed messages bounced or failed "
+        "(44.0 % &gt; 30 %, window 500)"
     ) in page
     assert "(automatic, " in page
 
