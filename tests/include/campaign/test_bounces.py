@@ -467,7 +467,7 @@ def test_a_move_without_the_move_extension_copies_then_expunges_only_those(imap_
 
 def test_without_uidplus_filed_mail_stays_flagged_and_the_next_run_skips_it(campaign_db, imap_server):
     # A server with neither MOVE nor UIDPLUS: no UID EXPUNGE, and a plain EXPUNGE would also remove
-    # what someone else flagged. The copies are filed, the originals stay flagged \\Deleted (never
+    # what someone else flagged. The copies are filed, the originals stay flagged \Deleted (never
     # removed by us), and the next run does not read them again.
     for number in range(3):
         imap_server.append(f"Subject: {number}\r\n\r\nbody {number}\r\n".encode())
@@ -479,7 +479,7 @@ def test_without_uidplus_filed_mail_stays_flagged_and_the_next_run_skips_it(camp
         second = process_mailbox(client, campaign_db.engine, SECRET)
 
     assert (first.read, first.moved[bounces.UNUSABLE_FOLDER], second.read) == (3, 3, 0)
-    assert imap_server.messages("INBOX") == []  # every original flagged \\Deleted
+    assert imap_server.messages("INBOX") == []  # every original flagged \Deleted
     assert len(imap_server.messages("Unusable")) == 3
     with imap_server.client() as client:  # and still there, flagged: nothing expunged
         client.select("INBOX", readonly=True)
