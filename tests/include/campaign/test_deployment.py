@@ -10,7 +10,7 @@ from sqlalchemy import Engine, select
 
 from campaign import deployment
 from campaign.db import sql
-from campaign.schema import delivery_targets
+from campaign.schema import delivery_links, delivery_targets
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 ZERO = {"sent": 0, "bounced": 0, "failed": 0, "ignored": 0, "cancelled": 0}
@@ -163,3 +163,39 @@ def test_series_are_kept_a_few_seconds_per_delivery(campaign_db, ready_delivery:
     assert deployment.delivery_charts(engine, delivery_id)["messages_per_minute"] == [
         {"minute": "2026-11-27T10:00:00+00:00", **ZERO, "sent": 1, "bounced": 1}
     ]
+
+
+def test_each_link_shows_its_clicks_all_and_without_machines(campaign_db, ready_delivery: Callable) -> None:
+    engine = campaign_db.engine
+    delivery_id = ready_delivery(engine, recipients=3)
+    ann, ben, cat = _logs(engine, delivery_id, [("sent", _at(0))] * 3)
+    with engine.begin() as conn:
+        for url in ("https://shop.test/offer", "https://shop.test/terms"):
+            conn.execute(sql("insert_delivery_link"), {"delivery_id": delivery_id, "url": url, "label": None})
+        offer = conn.execute(
+            select(delivery_links.c.id).where(delivery_links.c.url == "https://shop.test/offer")
+        ).scalar_one()
+        clicks = [
+            (ann, offer, True),  # a link scanner, then the person
+            (ann, offer, False),
+            (ben, offer, True),  # a scanner only
+            (cat, offer, None),  # recorded before the machine rules: a person's
+            (cat, offer, False),
+        ]
+        for profile_id, link_id, machine_made in clicks:
+            conn.execute(
+                sql("insert_judged_event"),
+                {
+                    "delivery_id": delivery_id, "profile_id": profile_id, "event_type": "click", "link_id": link_id,
+                    "user_agent": "test", "event_at": _at(5), "machine": machine_made,
+                    "machine_rule": "scanner_user_agent" if machine_made else None,
+                },
+            )  # fmt: skip
+
+    links = deployment.delivery_detail(engine, delivery_id)["links"]
+
+    assert [(link["url"], link["clicks"], link["clickers"], link["human_clicks"], link["human_clickers"])
+            for link in links] == [
+        ("https://shop.test/offer", 5, 3, 3, 2),
+        ("https://shop.test/terms", 0, 0, 0, 0),
+    ]  # fmt: skip
