@@ -55,9 +55,11 @@ undelivered AS MATERIALIZED (
            COUNT(e.first_human_open_at) AS human_unique_opens,
            COUNT(e.first_human_click_at) AS human_unique_clicks,
            COALESCE(SUM(e.human_clicks), 0) AS human_clicks
+    -- CROSS JOIN: SQLite takes the tables in the order written; the few not-delivered rows first.
     FROM broad_logs b
-    JOIN delivery_engagement e ON e.delivery_id = b.delivery_id AND e.profile_id = b.profile_id
-    WHERE b.delivery_id = :delivery_id AND b.status IN ('bounced', 'failed', 'ignored', 'cancelled')
+    CROSS JOIN delivery_engagement e
+    WHERE e.delivery_id = b.delivery_id AND e.profile_id = b.profile_id
+      AND b.delivery_id = :delivery_id AND b.status IN ('bounced', 'failed', 'ignored', 'cancelled')
 ),
 delivered_engagement AS MATERIALIZED (
     SELECT engagement.unique_opens - undelivered.unique_opens AS unique_opens,

@@ -42,9 +42,12 @@ undelivered AS MATERIALIZED (
         COUNT(DISTINCT CASE WHEN l.event_type = 'click' AND (l.machine = FALSE OR l.machine IS NULL)
                             THEN l.profile_id END) AS human_unique_clicks,
         COUNT(CASE WHEN l.event_type = 'click' AND (l.machine = FALSE OR l.machine IS NULL) THEN 1 END) AS human_clicks
+    -- CROSS JOIN: SQLite takes the tables in the order written (PostgreSQL plans it as any join):
+    -- the few not-delivered rows first, then each one's events, never every event of the delivery.
     FROM broad_logs b
-    JOIN tracking_logs l ON l.delivery_id = b.delivery_id AND l.profile_id = b.profile_id
-    WHERE b.delivery_id = :delivery_id AND b.status IN ('bounced', 'failed', 'ignored', 'cancelled')
+    CROSS JOIN tracking_logs l
+    WHERE l.delivery_id = b.delivery_id AND l.profile_id = b.profile_id
+      AND b.delivery_id = :delivery_id AND b.status IN ('bounced', 'failed', 'ignored', 'cancelled')
       AND l.event_type IN ('open', 'click') AND l.id <= :upto_id
 )
 SELECT everyone.unique_opens - undelivered.unique_opens AS unique_opens,
