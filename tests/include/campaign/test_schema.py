@@ -93,6 +93,19 @@ def test_kpi_counts_read_only_covering_indexes_on_sqlite(sqlite_db, statement: s
     assert all("USING COVERING INDEX" in step for step in ranges), plan
 
 
+@pytest.mark.parametrize("statement", ["compute_delivery_kpis", "count_delivery_tracking"])
+def test_the_not_delivered_subtraction_starts_from_the_few_not_delivered_rows(sqlite_db, statement: str) -> None:
+    # Started from the other side, it walked every event or engagement row of the delivery once
+    # more (0.49 s on 1,000,000 sending logs and 300,000 events).
+    query = (SQL_DIR / f"{statement}.sql").read_text(encoding="utf-8")
+    with sqlite_db.engine.connect() as conn:
+        plan = [row[-1] for row in conn.execute(text(f"EXPLAIN QUERY PLAN {query}"), {"delivery_id": 1, "upto_id": 9})]
+
+    part = [step for step in plan[plan.index("MATERIALIZE undelivered") + 1 :] if step.startswith("SEARCH")][:2]
+    assert part[0].startswith("SEARCH b USING COVERING INDEX broad_logs_delivery_outcome"), plan
+    assert "(delivery_id=? AND profile_id=?" in part[1], plan
+
+
 @pytest.mark.parametrize(
     ("first_open", "first_click", "clicks"),
     [
