@@ -105,7 +105,9 @@ class Builder:
         message["To"] = recipient["email"]
         message["Subject"] = " ".join(self.subject.render(context).split())
         message["Date"] = formatdate(usegmt=True)
-        message["Message-ID"] = f"<campaign.{self.job.delivery_id}.{profile_id}@{self.domain}>"
+        # signed, as the product's (campaign.rendering.message_id)
+        signed_id = token(self.job.secret, "message_id", self.job.delivery_id, profile_id)
+        message["Message-ID"] = f"<campaign.{signed_id}@{self.domain}>"
         message["List-Unsubscribe"] = (
             f"<{self.job.base_url}/u/{unsubscribe}>, "
             f"<mailto:unsubscribe@{self.domain}?subject={quote('unsubscribe ' + unsubscribe)}>"

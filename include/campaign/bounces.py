@@ -14,9 +14,11 @@ Reading one message:
   sent to the envelope sender, RFC 3464 2), a feedback report's ``Original-Mail-From`` (RFC 5965
   3.2) or the enclosed original's ``Return-Path``. A return path whose MAC does not match is
   forged: the message is unusable and touches nothing, not even through its Message-ID. Without a
-  return path, the enclosed original's Message-ID (``<campaign.{delivery}.{profile}@…>``, in the
-  ``message/rfc822`` or ``text/rfc822-headers`` part, RFC 3462 / RFC 6522) names the row, and
-  only when that row was sent with exactly that Message-ID.
+  return path, the enclosed original's Message-ID (``<campaign.{delivery}.{profile}.{mac}@…>``,
+  signed like the return path, in the ``message/rfc822`` or ``text/rfc822-headers`` part, RFC
+  3462 / RFC 6522) names the row, only when its MAC is right and the row was sent with exactly
+  that Message-ID: anyone can mail the bounce mailbox, and a guessable id would let them
+  quarantine or blocklist any recipient.
 - **What happened.** ``flufl.bounce`` (GNU Mailman's detector, RFC 3464 and the non-standard
   shapes of many servers) recognises a bounce; the ``message/delivery-status`` part's
   per-recipient fields say how: ``Action: failed`` with ``Status: 5.x.x`` is a hard bounce, with
@@ -27,7 +29,8 @@ Reading one message:
   complaint.
 - **Unusable** (kept in the Unusable folder, counted by reason): not a bounce (an auto-reply, a
   person's answer, a success notice), unknown delivery (nothing names a row we sent), truncated (a
-  report cut before its fields), forged return path, a feedback report of another type.
+  report cut before its fields), forged return path or Message-ID, a feedback report of another
+  type, a report for a message that never left.
 
 Applying: a hard or soft bounce turns the row from ``sent`` into ``bounced`` (only from ``sent``:
 a report read twice changes nothing), with the DSN's status and diagnostic; a hard bounce also
@@ -63,6 +66,7 @@ from campaign.clock import utcnow
 from campaign.db import sql
 from campaign.errors import MailboxUnavailable
 from campaign.return_path import read_return_path
+from campaign.tokens import verify_token
 
 log = logging.getLogger(__name__)
 # flufl.bounce logs every detector it tries at INFO (17 lines per message in the task log), and a
@@ -78,11 +82,13 @@ NOT_A_BOUNCE = "not a bounce"
 UNKNOWN_DELIVERY = "unknown delivery"
 TRUNCATED = "truncated"
 FORGED_RETURN_PATH = "forged return path"
+FORGED_MESSAGE_ID = "forged Message-ID"
 NOT_A_COMPLAINT = "feedback not a complaint"
 UNREADABLE = "unreadable"
 NOT_SENT = "message not sent"  # it names a row whose message the relay never accepted
 UNUSABLE_REASONS = (
-    NOT_A_BOUNCE, UNKNOWN_DELIVERY, TRUNCATED, FORGED_RETURN_PATH, NOT_A_COMPLAINT, UNREADABLE, NOT_SENT,
+    NOT_A_BOUNCE, UNKNOWN_DELIVERY, TRUNCATED, FORGED_RETURN_PATH, FORGED_MESSAGE_ID, NOT_A_COMPLAINT, UNREADABLE,
+    NOT_SENT,
 )  # fmt: skip
 
 # RFC 5965 7.3 registers abuse, fraud, other, virus; RFC 6430 adds not-spam, RFC 6591 auth-failure.
@@ -93,7 +99,8 @@ COMPLAINT_FEEDBACK_TYPES = ("abuse", "fraud")
 # server wrote (Delivered-To, X-Original-To, Envelope-To), then what the reporter wrote.
 _ENVELOPE_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To")
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")  # RFC 3463 2: class.subject.detail
-_CAMPAIGN_MESSAGE_ID = re.compile(r"<campaign\.(\d{1,20})\.(\d{1,20})@[^<>\s]+>", re.IGNORECASE)
+# campaign.rendering.message_id: <campaign.{delivery}.{profile}.{mac}@{domain}>; the MAC is checked.
+_CAMPAIGN_MESSAGE_ID = re.compile(r"<campaign\.(\d{1,20}\.\d{1,20}(?:\.[0-9a-f]+)?)@[^<>\s]+>", re.IGNORECASE)
 _MESSAGE_ID_LINE = re.compile(rb"^Message-ID:[ \t]*(<campaign\.[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
 _DIAGNOSTIC_LIMIT = 1000  # characters kept of a remote server's words
 _TRUNCATION_DEFECTS = (
@@ -274,12 +281,12 @@ def _map(
         return None, FORGED_RETURN_PATH
     found = _CAMPAIGN_MESSAGE_ID.fullmatch(message_id or "")
     if found:
-        return {
-            "delivery_id": int(found.group(1)),
-            "profile_id": int(found.group(2)),
-            "mapped_by": "message_id",
-            "message_id": message_id,
-        }, None
+        ids = verify_token(secret, "message_id", found.group(1).lower())
+        if ids is None:
+            # Our shape without a valid MAC: guessed or altered (or sent before Message-IDs were
+            # signed, and then indistinguishable from a guess).
+            return None, FORGED_MESSAGE_ID
+        return {"delivery_id": ids[0], "profile_id": ids[1], "mapped_by": "message_id", "message_id": message_id}, None
     return None, UNKNOWN_DELIVERY
 
 

@@ -98,7 +98,8 @@ class BuiltMessage:
     """One message ready for ``smtplib.SMTP.sendmail(from_addr, [envelope_to], data, mail_options)``.
 
     ``data``: the whole message, headers and body, CRLF line endings, no dot-stuffing (smtplib
-    does it). ``message_id``: the Message-ID header's value, ``<campaign.{delivery}.{profile}@{domain}>``.
+    does it). ``message_id``: the Message-ID header's value, ``<campaign.{delivery}.{profile}.{mac}@{domain}>``
+    (``campaign.rendering.message_id``).
     ``envelope_to``: the recipient as RCPT TO takes it (the A-label domain unless SMTPUTF8).
     ``mail_options``: ``()``, or ``("SMTPUTF8", "BODY=8BITMIME")`` when ``data`` or the
     envelope are not ASCII (only with a skeleton made with ``smtputf8=True``).
@@ -456,9 +457,9 @@ class MessageSkeleton:
         )
 
     def message_id(self, profile_id: int) -> str:
-        """``<campaign.{delivery}.{profile}@{sender domain as A-label}>``: the same for every
-        resend, so a receiver can drop the copy (RFC 5322 3.6.4)."""
-        return message_id(self.delivery_id, profile_id, self.domain)
+        """``<campaign.{delivery}.{profile}.{mac}@{sender domain as A-label}>``: signed, and the same
+        for every resend, so a receiver can drop the copy (``campaign.rendering.message_id``)."""
+        return message_id(self.secret, self.delivery_id, profile_id, self.domain)
 
     def _date(self) -> str:
         """The Date header (RFC 5322 3.3, 3.6.1), made once per second."""
@@ -484,7 +485,7 @@ class MessageSkeleton:
         smtputf8 = self.smtputf8
         to_address, _ = addr_spec(recipient_address, smtputf8)
         token = sign_token(self.secret, "unsubscribe", self.delivery_id, profile_id)
-        mid = message_id(self.delivery_id, profile_id, self.domain)
+        mid = message_id(self.secret, self.delivery_id, profile_id, self.domain)
         head = (
             f"{self._from_header}To: {to_address}\r\n{subject_header(rendered.subject, smtputf8)}{self._date()}"
             f"Message-ID: {mid}\r\nList-Unsubscribe: {self._unsubscribe_url}{token}>,\r\n"

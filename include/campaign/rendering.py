@@ -118,9 +118,14 @@ def sender_domain(sender: str) -> str:
     return address.rpartition("@")[2] or "localhost"
 
 
-def message_id(delivery_id: int, profile_id: int, domain: str) -> str:
-    """Deterministic: a resent message carries the same id, so receivers can drop the copy."""
-    return f"<campaign.{delivery_id}.{profile_id}@{domain}>"
+def message_id(secret: bytes, delivery_id: int, profile_id: int, domain: str) -> str:
+    """``<campaign.{delivery}.{profile}.{mac}@{domain}>`` (RFC 5322 3.6.4), ``mac`` the token MAC
+    of purpose ``message_id`` (``campaign.tokens``). Deterministic: a resent message carries the
+    same id, so receivers can drop the copy. Signed: a bounce or feedback report names its
+    sending-log row by the Message-ID of the original it encloses (``campaign.bounces``), and a
+    sequential, guessable id would let anyone who can mail the bounce mailbox quarantine or
+    blocklist any recipient."""
+    return f"<campaign.{sign_token(secret, 'message_id', delivery_id, profile_id)}@{domain}>"
 
 
 def build_email(
@@ -141,7 +146,7 @@ def build_email(
     message["To"] = recipient_email
     message["Subject"] = rendered.subject
     message["Date"] = formatdate(localtime=False, usegmt=True)
-    message["Message-ID"] = message_id(content.delivery_id, profile_id, domain)
+    message["Message-ID"] = message_id(secret, content.delivery_id, profile_id, domain)
     unsubscribe_mailto = f"mailto:unsubscribe@{domain}?subject={quote('unsubscribe ' + token)}"
     message["List-Unsubscribe"] = f"<{base_url}/u/{token}>, <{unsubscribe_mailto}>"
     message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"

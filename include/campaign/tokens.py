@@ -23,6 +23,9 @@ FIELDS = {
     "hidden": ("delivery", "profile"),
     # The envelope sender of a campaign mail (campaign.return_path): a bounce names its row.
     "return_path": ("delivery", "profile"),
+    # The Message-ID of a campaign mail (campaign.rendering.message_id): a bounce or a feedback
+    # report that encloses the original names its row by it, so it must not be guessable.
+    "message_id": ("delivery", "profile"),
 }
 MAC_HEX_LENGTH = 32
 # An address's local part holds at most 64 octets (RFC 5321 4.5.3.1.1): the return path's MAC is

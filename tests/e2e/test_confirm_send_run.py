@@ -20,6 +20,7 @@ from sqlalchemy import text
 from campaign import approval
 from campaign.rendering import message_id
 from campaign.sending import DEFAULT_SOFT_RETRY_DELAYS
+from campaign.tokens import tracking_secret
 
 
 def test_sends_every_target_once_and_kpis_match_the_server(campaign_db, smtp_sink, confirm_send_dag):
@@ -39,7 +40,9 @@ def test_sends_every_target_once_and_kpis_match_the_server(campaign_db, smtp_sin
     for mail in received(smtp_sink.maildir):
         row = logs[str(mail["To"]).lower()]
         assert (
-            mail["Message-ID"] == row["message_id"] == message_id(audience.delivery_id, row["profile_id"], "shop.test")
+            mail["Message-ID"]
+            == row["message_id"]
+            == message_id(tracking_secret(), audience.delivery_id, row["profile_id"], "shop.test")
         )
         number = row["email"].split("@")[0].removeprefix("person")
         text_part = mail.get_body(("plain",)).get_content()

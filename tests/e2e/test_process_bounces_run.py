@@ -13,6 +13,9 @@ from bounce_mail import Sent, auto_reply, exim_dsn, feedback_report, gmail_dsn, 
 from e2e_support import DAGS_FOLDER, broad_logs, kpi_row, quarantined, run_with_answer, seed_delivery, task_states
 from sqlalchemy import text
 
+from campaign.rendering import message_id
+from campaign.tokens import tracking_secret
+
 RETURN_PATH = "bounces@bounce.shop.test"
 
 
@@ -65,7 +68,11 @@ def test_bounces_and_complaints_of_a_real_send_reach_the_logs_and_kpis(
         postfix_dsn(delayed[0], "delayed"), feedback_report(complainers[0]),
         feedback_report(complainers[1], user_agent="Microsoft JMRP", original_mail_from=False),
     ]  # fmt: skip
-    unknown = Sent(audience.delivery_id + 1, 1, "x@example.test", "news@shop.test", "<campaign.999.1@shop.test>")
+    # A signed Message-ID of a delivery that does not exist: unknown, not forged.
+    unknown = Sent(
+        audience.delivery_id + 1, 1, "x@example.test", "news@shop.test",
+        message_id(tracking_secret(), audience.delivery_id + 1, 1, "shop.test"),
+    )  # fmt: skip
     bad = [auto_reply(people[9]), postfix_dsn(unknown), truncated(postfix_dsn(people[10])), postfix_dsn(forged)]
     for data in good + bad:
         imap_server.append(data)

@@ -4,6 +4,7 @@ them on both databases, and the bounce mailbox over IMAP against a real Dovecot.
 from __future__ import annotations
 
 import logging
+import re
 from datetime import timedelta
 
 import pytest
@@ -24,6 +25,7 @@ from campaign import bounces, stats
 from campaign.bounces import (
     COMPLAINT,
     DELAYED,
+    FORGED_MESSAGE_ID,
     FORGED_RETURN_PATH,
     HARD,
     NOT_A_BOUNCE,
@@ -53,7 +55,7 @@ def sent(delivery_id: int = 7, profile_id: int = 42, email: str = "sam@example.t
         profile_id,
         email,
         RETURN_PATH.address(SECRET, delivery_id, profile_id),
-        message_id(delivery_id, profile_id, "shop.test"),
+        message_id(SECRET, delivery_id, profile_id, "shop.test"),
     )
 
 
@@ -86,7 +88,8 @@ def test_dsns_of_common_servers_map_by_return_path(shape, build, kind, status, d
     assert report.diagnostic.startswith(diagnostic_start)
     assert "\n" not in report.diagnostic and "  " not in report.diagnostic  # unfolded
     assert report.recipient == "sam@example.test"
-    assert report.message_id == "<campaign.7.42@shop.test>"
+    assert report.message_id == message_id(SECRET, 7, 42, "shop.test")
+    assert re.fullmatch(r"<campaign\.7\.42\.[0-9a-f]{32}@shop\.test>", report.message_id)
 
 
 def test_a_text_bounce_without_delivery_status_is_recognised_by_the_detector():
@@ -177,7 +180,7 @@ def _sent_delivery(engine: Engine, count: int, ready_delivery) -> tuple[int, lis
                 {
                     "delivery_id": delivery_id, "profile_id": t.profile_id, "seq": t.seq, "email": t.email,
                     "status": "sent", "failure_type": None, "reason": None, "smtp_code": 250, "smtp_reply": "ok",
-                    "message_id": message_id(delivery_id, t.profile_id, "shop.test"), "attempts": 1,
+                    "message_id": message_id(SECRET, delivery_id, t.profile_id, "shop.test"), "attempts": 1,
                     "worker": "test", "run_id": "r", "logged_at": now - timedelta(minutes=5),
                 }
                 for t in targets
@@ -352,9 +355,9 @@ def test_a_report_naming_no_row_we_sent_is_unknown(campaign_db, ready_delivery):
     cases = [
         sent(delivery_id + 99, one.profile_id),  # a signed return path of a delivery that does not exist (any more)
         without_return_path(sent(delivery_id + 99, one.profile_id)),  # a Message-ID of no delivery
-        # The right row's ids in a Message-ID the row was not sent with (another domain): guessed.
+        # The right row's signed id with another domain: not the Message-ID the row was sent with.
         Sent(delivery_id, one.profile_id, one.email, "news@shop.test",
-             f"<campaign.{delivery_id}.{one.profile_id}@evil.test>"),
+             message_id(SECRET, delivery_id, one.profile_id, "evil.test")),
     ]  # fmt: skip
 
     outcomes = [apply_report(engine, read_report(postfix_dsn(case), SECRET)) for case in cases]
@@ -362,6 +365,37 @@ def test_a_report_naming_no_row_we_sent_is_unknown(campaign_db, ready_delivery):
     assert [(r.kind, r.reason, changed) for r, changed in outcomes] == [(UNUSABLE, UNKNOWN_DELIVERY, False)] * 3
     assert _log(engine, one)["status"] == "sent"
     assert _profile(engine, one.profile_id)["quarantine_reason"] is None
+
+
+def test_a_guessed_message_id_touches_nothing(campaign_db, ready_delivery):
+    # Fresh-user finding: without a return path, a DSN or feedback report naming
+    # <campaign.{delivery}.{profile}@domain> (sequential, guessable) quarantined or blocklisted any
+    # recipient for anyone who can mail the bounce mailbox. Message-IDs are signed now.
+    engine = campaign_db.engine
+    delivery_id, recipients = _sent_delivery(engine, 3, ready_delivery)
+    victim = recipients[0]
+    signed = victim.message_id
+    guesses = [
+        f"<campaign.{delivery_id}.{victim.profile_id}@shop.test>",  # the unsigned shape
+        signed.replace(f".{victim.profile_id}.", f".{recipients[1].profile_id}."),  # another recipient, same MAC
+        signed[:-15] + ("0" if signed[-15] != "0" else "1") + signed[-14:],  # one digit of the MAC changed
+    ]
+    forged = [
+        build(Sent(delivery_id, victim.profile_id, victim.email, "news@shop.test", guess))
+        for guess in guesses
+        for build in (postfix_dsn, feedback_report)
+    ]
+
+    results = [apply_report(engine, read_report(data, SECRET)) for data in forged]
+
+    assert [(r.kind, r.reason, changed) for r, changed in results] == [(UNUSABLE, FORGED_MESSAGE_ID, False)] * 6
+    assert _log(engine, victim)["status"] == "sent"
+    assert _profile(engine, victim.profile_id)["blocklisted"] is False
+    assert _profile(engine, victim.profile_id)["quarantine_reason"] is None
+    assert _complaints(engine, delivery_id) == 0
+    # The real one still maps without a return path.
+    real = apply_report(engine, read_report(feedback_report(without_return_path(victim)), SECRET))
+    assert (real[0].kind, real[0].mapped_by, real[1]) == (COMPLAINT, "message_id", True)
 
 
 def test_a_forged_return_path_touches_nothing(campaign_db, ready_delivery):
@@ -420,7 +454,7 @@ def test_the_mailbox_round_trip_files_everything_and_deletes_nothing(campaign_db
     assert (summary.count(HARD), summary.count(SOFT), summary.count(DELAYED), summary.count(COMPLAINT)) == (3, 1, 1, 1)
     assert summary.unusable() == {
         NOT_A_BOUNCE: 1, UNKNOWN_DELIVERY: 1, TRUNCATED: 1, FORGED_RETURN_PATH: 1, NOT_A_COMPLAINT: 0, "unreadable": 0,
-        NOT_SENT: 0,
+        NOT_SENT: 0, FORGED_MESSAGE_ID: 0,
     }  # fmt: skip
     assert summary.unchanged == 1 and summary.deliveries == {delivery_id}
     line = summary.summary_line()

@@ -28,6 +28,12 @@ from campaign.rendering import DeliveryContent, RenderedMessage, build_email
 from campaign.tokens import sign_token, verify_token
 
 SECRET = b"a-test-secret-of-some-length"
+
+
+def signed_message_id(profile_id: int, domain: str) -> str:
+    return f"<campaign.{sign_token(SECRET, 'message_id', 7, profile_id)}@{domain}>"
+
+
 BASE_URL = "https://track.shop.test/campaign"
 LONG_BASE_URL = "https://campaign-tracking.newsletters.shop.example/campaign"
 BOUNDARY = "=_campaign_fixed"
@@ -167,7 +173,7 @@ def assert_round_trip(
     assert utf8(str(parsed["Subject"])) == message.subject
 
     id_domain = ascii_domain(domain)
-    assert parsed["Message-ID"] == built.message_id == f"<campaign.7.{profile_id}@{id_domain}>"
+    assert parsed["Message-ID"] == built.message_id == signed_message_id(profile_id, id_domain)
     token = sign_token(SECRET, "unsubscribe", 7, profile_id)
     assert str(parsed["List-Unsubscribe"]) == (
         f"<{base_url}/u/{token}>, <mailto:unsubscribe@{id_domain}?subject=unsubscribe%20{token}>"
@@ -402,7 +408,7 @@ def test_an_idn_domain_goes_as_its_a_label() -> None:
     lines = header_lines(built.data)
     assert lines["from"] == ["From: =?utf-8?b?QsO8Y2hlcg==?= <info@xn--bcher-kva.example>"]
     assert lines["to"] == ["To: anna@xn--mnchen-3ya.example"]
-    assert lines["message-id"] == ["Message-ID: <campaign.7.42@xn--bcher-kva.example>"]
+    assert lines["message-id"] == [f"Message-ID: {signed_message_id(42, 'xn--bcher-kva.example')}"]
     assert "mailto:unsubscribe@xn--bcher-kva.example?" in unfolded(lines["list-unsubscribe"])
     assert built.envelope_to == "anna@xn--mnchen-3ya.example"
     assert skeleton("Bücher <info@bücher.example>").envelope_from == "info@xn--bcher-kva.example"
@@ -414,7 +420,8 @@ def test_with_smtputf8_an_idn_domain_and_a_utf8_local_part_go_raw() -> None:
     lines = header_lines(built.data)
     assert lines["from"] == ["From: Bücher <info@bücher.example>"]
     assert lines["to"] == ["To: jörg@münchen.example"]
-    assert lines["message-id"] == ["Message-ID: <campaign.7.42@xn--bcher-kva.example>"]  # the same id for a resend
+    # the same id for a resend
+    assert lines["message-id"] == [f"Message-ID: {signed_message_id(42, 'xn--bcher-kva.example')}"]
     assert built.envelope_to == "jörg@münchen.example"
     assert built.mail_options == ("SMTPUTF8", "BODY=8BITMIME")
 
@@ -589,8 +596,11 @@ def test_the_message_id_is_deterministic() -> None:
     again = skeleton().build(rendered(subject="Other", text="other"), "ann@example.test", 42)
     other = skeleton().build(rendered(), "bob@example.test", 43)
 
-    assert first.message_id == again.message_id == "<campaign.7.42@shop.test>"
-    assert other.message_id == "<campaign.7.43@shop.test>"
+    assert first.message_id == again.message_id == signed_message_id(42, "shop.test")
+    assert other.message_id == signed_message_id(43, "shop.test")
+    # Signed: the ids, then a 128-bit MAC (a bounce names its row by it, campaign.bounces).
+    assert re.fullmatch(r"<campaign\.7\.42\.[0-9a-f]{32}@shop\.test>", first.message_id)
+    assert verify_token(SECRET, "message_id", first.message_id[10:-11]) == (7, 42)
 
 
 # ---------------------------------------------------------------- through a real SMTP server

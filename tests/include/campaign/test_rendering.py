@@ -192,9 +192,9 @@ def test_message_id_is_deterministic_per_delivery_and_profile() -> None:
     again = built(rendered=RenderedMessage(subject="Other", text="other\n", html="<p>other</p>\n"))
     other_profile = built(profile_id=43)
 
-    assert first["Message-ID"] == "<campaign.7.42@shop.test>"
+    assert first["Message-ID"] == f"<campaign.{sign_token(SECRET, 'message_id', 7, 42)}@shop.test>"
     assert again["Message-ID"] == first["Message-ID"]
-    assert other_profile["Message-ID"] == "<campaign.7.43@shop.test>"
+    assert other_profile["Message-ID"] == f"<campaign.{sign_token(SECRET, 'message_id', 7, 43)}@shop.test>"
 
 
 def test_list_unsubscribe_has_a_signed_url_and_a_mailto() -> None:

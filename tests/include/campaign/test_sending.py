@@ -15,7 +15,9 @@ from testsupport import start_confirmed_send
 from campaign import deliveries
 from campaign.dev.smtp import Rule, Stage, connection_factory, running_server
 from campaign.errors import ConfigurationError, SmtpUnavailable
+from campaign.rendering import message_id
 from campaign.sending import messages_per_connection_setting, reconnect_delays_setting, send_chunk
+from campaign.tokens import tracking_secret
 
 
 def _sending_delivery(engine, add_profiles, new_delivery, addresses: list[str], **spec) -> int:
@@ -75,7 +77,8 @@ def test_a_relay_without_smtputf8_fails_only_the_non_ascii_local_part_and_the_ch
     for mail in mails:
         row = rows[{"info@xn--bcher-kva.example": "info@bücher.example"}.get(str(mail["To"]), str(mail["To"]))]
         assert row.status == "sent"
-        assert mail["Message-ID"] == row.message_id == f"<campaign.{delivery_id}.{row.profile_id}@shop.test>"
+        expected_id = message_id(tracking_secret(), delivery_id, row.profile_id, "shop.test")
+        assert mail["Message-ID"] == row.message_id == expected_id
         assert mail.get_body(("plain",)).get_content().startswith("Hello ")
         assert "=?" not in str(mail["List-Unsubscribe"])
     for received in server.received:  # on the wire, not as a parser decodes it
