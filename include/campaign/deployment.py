@@ -27,9 +27,11 @@ TIME_FIELDS = ("confirmed_at", "finished_at", "computed_at", "rates_updated_at")
 # The KPIs of the view and the JSON API: opens and clicks twice, by everyone and without machines
 # (human_*, campaign.machine), side by side.
 KPI_NAMES = (
-    "to_deliver", "delivered", "bounces_errors", "cancelled", "processed", "delivered_rate", "bounce_error_rate",
+    "to_deliver", "delivered", "bounces_errors", "hard_bounces", "soft_bounces", "errors", "ignored", "cancelled",
+    "processed", "delivered_rate", "bounce_error_rate",
     "unique_opens", "open_rate", "unique_clicks", "clicks", "click_through_rate",
     "human_unique_opens", "human_open_rate", "human_unique_clicks", "human_clicks", "human_click_through_rate",
+    "complaints", "complaint_rate",
 )  # fmt: skip
 
 
@@ -205,7 +207,7 @@ def profile_page(engine: Engine, email: str) -> dict[str, Any]:
     profile, history = profile_history(engine, email)
     records = history.astype(object).where(history.notna(), None).to_dict("records")
     for record in records:
-        for name in ("confirmed_at", "sent_at", "first_open_at", "first_click_at"):
+        for name in ("confirmed_at", "sent_at", "bounced_at", "first_open_at", "first_click_at", "complained_at"):
             moment = as_datetime(record[name])
             record[name] = moment.isoformat() if moment else None
     return {

@@ -217,5 +217,5 @@ def profile_history(engine: Engine, email: str) -> tuple[dict, pd.DataFrame]:
 
 HISTORY_COLUMNS = [
     "delivery_id", "label", "delivery_status", "confirmed_at", "send_status", "failure_type", "reason", "sent_at",
-    "first_open_at", "first_click_at", "clicks",
+    "bounced_at", "dsn_status", "first_open_at", "first_click_at", "clicks", "complained_at",
 ]  # fmt: skip

@@ -41,6 +41,7 @@ from campaign.bounces import (
 )
 from campaign.clock import utcnow
 from campaign.db import sql
+from campaign.profiles import profile_history
 from campaign.rendering import message_id
 from campaign.return_path import ReturnPath
 from campaign.schema import profiles
@@ -418,6 +419,24 @@ def test_a_forged_return_path_touches_nothing(campaign_db, ready_delivery):
     assert _log(engine, victim)["status"] == "sent"
     assert _profile(engine, victim.profile_id)["blocklisted"] is False
     assert _complaints(engine, delivery_id) == 0
+
+
+def test_the_recipients_history_shows_the_dsn_and_the_complaint(campaign_db, ready_delivery):
+    # Each delivery shows in every recipient's history: what came back after the send too.
+    engine = campaign_db.engine
+    delivery_id, recipients = _sent_delivery(engine, 2, ready_delivery)
+    bounced, complainer = recipients
+    for data in (postfix_dsn(bounced), feedback_report(complainer)):
+        assert apply_report(engine, read_report(data, SECRET))[1] is True
+
+    _, bounced_history = profile_history(engine, bounced.email)
+    _, complainer_history = profile_history(engine, complainer.email)
+
+    row = bounced_history.iloc[0]
+    assert (row["send_status"], row["failure_type"], row["dsn_status"]) == ("bounced", "hard", "5.1.1")
+    assert row["bounced_at"] is not None and row["complained_at"] is None
+    row = complainer_history.iloc[0]
+    assert (row["send_status"], row["bounced_at"], row["complained_at"] is not None) == ("sent", None, True)
 
 
 # ---------------------------------------------------------------- the mailbox, against a real Dovecot

@@ -316,3 +316,39 @@ def test_all_and_human_figures_side_by_side_in_json_list_and_page(campaign_db, c
     assert '<td class="num" data-kpi="human_open_rate">33.33 %</td>' in row
     assert '<td class="num" data-kpi="human_click_through_rate">33.33 %</td>' in row
     assert "Open rate without machines" in listing
+
+
+def test_complaints_and_the_bounce_breakdown_in_json_list_and_page(campaign_db, client, ready_delivery) -> None:
+    # Fresh-user finding: the complaint rate and the hard/soft/errors split were computed and
+    # stored but shown nowhere in the Deployment view.
+    engine = campaign_db.engine
+    delivery_id = ready_delivery(engine, recipients=4)
+    recipients = _profiles_of(engine, delivery_id)
+    _log_and_track(engine, delivery_id, recipients)  # recipient 2 bounced
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE broad_logs SET failure_type = 'soft' WHERE delivery_id = :d AND status = 'bounced'"),
+            {"d": delivery_id},
+        )
+        conn.execute(
+            text("UPDATE broad_logs SET status = 'failed' WHERE delivery_id = :d AND profile_id = :p"),
+            {"d": delivery_id, "p": recipients[3]},
+        )
+        conn.execute(
+            sql("insert_complaint_event"),
+            {"delivery_id": delivery_id, "profile_id": recipients[0], "user_agent": None, "event_at": T0},
+        )
+    stats.compute_kpis(engine, delivery_id)
+
+    [entry] = [d for d in client.get("/api/deliveries").json()["deliveries"] if d["id"] == delivery_id]
+    kpis = entry["kpis"]
+    assert (kpis["delivered"], kpis["hard_bounces"], kpis["soft_bounces"], kpis["errors"]) == (2, 0, 1, 1)
+    assert (kpis["complaints"], kpis["complaint_rate"]) == (1, 0.5)
+    assert client.get(f"/api/deliveries/{delivery_id}").json()["kpis"] == kpis
+
+    page = client.get(f"/deliveries/{delivery_id}").text
+    assert '<b data-kpi="complaint_rate">50.00 %</b><small>1 spam complaints' in page
+    assert "2 recipients: 0 hard · 1 soft · 1 errors" in page
+    listing = client.get("/").text
+    row = listing[listing.index(f'<tr data-delivery="{delivery_id}">') :]
+    assert '<td class="num" data-kpi="complaint_rate">50.00 %</td>' in row[: row.index("</tr>")]
