@@ -316,18 +316,19 @@ def test_a_report_for_a_message_that_never_left_changes_nothing(campaign_db, rea
     assert _complaints(engine, delivery_id) == 0
 
 
-def test_a_complaint_after_a_dsn_blocklists_but_is_not_counted_over_delivered(campaign_db, ready_delivery):
-    # The message was accepted, then bounced by DSN: a complaint about it still blocklists the
-    # person, but the complaint rate divides by delivered, which no longer holds them.
+@pytest.mark.parametrize("dsn_first", [True, False], ids=["dsn-then-complaint", "complaint-then-dsn"])
+def test_a_complaint_and_a_dsn_for_one_message_blocklist_but_leave_the_rate(campaign_db, ready_delivery, dsn_first):
+    # The message was accepted, complained about and bounced by DSN, in either order: the person
+    # is blocklisted, but the complaint rate divides by delivered, which no longer holds them.
     engine = campaign_db.engine
     delivery_id, recipients = _sent_delivery(engine, 4, ready_delivery)
     one = recipients[0]
-    assert apply_report(engine, read_report(postfix_dsn(one), SECRET))[1] is True
+    reports = [postfix_dsn(one), feedback_report(one)]
 
-    report, changed = apply_report(engine, read_report(feedback_report(one), SECRET))
+    results = [apply_report(engine, read_report(data, SECRET)) for data in (reports if dsn_first else reports[::-1])]
     kpis = stats.compute_kpis(engine, delivery_id)
 
-    assert (report.kind, changed) == (COMPLAINT, True)
+    assert sorted((r.kind, changed) for r, changed in results) == [(COMPLAINT, True), (HARD, True)]
     assert _profile(engine, one.profile_id)["blocklisted"] is True and _complaints(engine, delivery_id) == 1
     assert (kpis["delivered"], kpis["complaints"], kpis["complaint_rate"]) == (3, 0, 0.0)
 
