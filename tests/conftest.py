@@ -111,6 +111,18 @@ def sqlite_db(
     database.engine.dispose()
 
 
+@pytest.fixture
+def postgres_db(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[CampaignDatabase]:
+    """For what only PostgreSQL has (roles and grants); mark the test ``postgres``."""
+    database = _new_database("postgres", request, tmp_path)
+    monkeypatch.setenv("AIRFLOW_CONN_CAMPAIGN_DB", database.airflow_connection)
+    monkeypatch.setenv("CAMPAIGN_DB_URL", database.url)
+    yield database
+    database.engine.dispose()
+
+
 # ---------------------------------------------------------------- SMTP server
 
 

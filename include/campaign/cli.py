@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from campaign import controls, deliveries, operators, profiles
 from campaign.db import make_engine
 from campaign.errors import CampaignError, ConfigurationError
-from campaign.schema import KNOWN_ROLES, create_schema, operator_roles
+from campaign.schema import KNOWN_ROLES, create_schema, grant_tracking_role, operator_roles
 from campaign.schema import deliveries as deliveries_table
 from campaign.schema import operators as operators_table
 
@@ -35,6 +35,11 @@ def _engine(args: argparse.Namespace) -> Engine:
 def cmd_init_db(args: argparse.Namespace) -> None:
     _engine(args)
     print("campaign database ready")
+
+
+def cmd_grant_tracking(args: argparse.Namespace) -> None:
+    statements = grant_tracking_role(_engine(args), args.role)
+    print(f"role {args.role} may now serve tracking: {len(statements)} grants")
 
 
 def cmd_operator_create(args: argparse.Namespace) -> None:
@@ -160,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("init-db", help="create the campaign tables").set_defaults(func=cmd_init_db)
+    grant = commands.add_parser(
+        "grant-tracking", help="give an existing PostgreSQL role what the tracking service needs, and only that"
+    )
+    grant.add_argument("role")
+    grant.set_defaults(func=cmd_grant_tracking)
 
     operator = commands.add_parser("operator", help="campaign operators and roles").add_subparsers(
         dest="action", required=True

@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.schema import AddConstraint, CreateTable, DropConstraint
 
 from campaign.db import sql
-from campaign.errors import DeliveryNotFound, InvalidInput
+from campaign.errors import ConfigurationError, DeliveryNotFound, InvalidInput
 
 metadata = MetaData()
 
@@ -652,3 +652,43 @@ def _rebuild_sqlite_table(conn: Connection, table: Table) -> None:
         index.create(conn)
     for statement in extra_indexes:
         conn.exec_driver_sql(statement)
+
+
+# ---------------------------------------------------------------- the tracking service's role
+
+# What the internet-facing tracking service (campaign.web.tracking_service) may do, and no more:
+# read who was targeted and sent when, record events and flag a recipient's machine events, and
+# blocklist a profile that unsubscribes. Columns are named so that a compromised service cannot
+# read addresses (delivery_targets.email, broad_logs.email, profiles) or touch anything else.
+TRACKING_ROLE_PRIVILEGES = (
+    ("SELECT (delivery_id, profile_id)", "delivery_targets"),
+    ("SELECT (id, delivery_id, url)", "delivery_links"),
+    ("SELECT (delivery_id, profile_id, status, logged_at)", "broad_logs"),
+    ("SELECT (id, delivery_id, profile_id, event_type, link_id, event_at, machine)", "tracking_logs"),
+    ("INSERT", "tracking_logs"),
+    ("UPDATE (machine, machine_rule)", "tracking_logs"),
+    ("SELECT (id), UPDATE (blocklisted)", "profiles"),
+)
+_ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$-]{0,62}")
+
+
+def grant_tracking_role(engine: Engine, role: str) -> list[str]:
+    """Give PostgreSQL role ``role`` (which must exist) what the tracking service needs, and only
+    that (``TRACKING_ROLE_PRIVILEGES``, plus the use of ``tracking_logs``' id sequence); returns
+    the statements run. Run it after ``create_schema``, as the owner of the tables, again after
+    each upgrade (grants on a table rebuilt since are lost). Raises ``InvalidInput`` for a
+    role name that is not a plain identifier and ``ConfigurationError`` on SQLite (no roles).
+    """
+    if engine.dialect.name != "postgresql":
+        raise ConfigurationError("Only PostgreSQL has roles: on SQLite the tracking service uses the database file.")
+    if not _ROLE_NAME.fullmatch(role):
+        raise InvalidInput(f"{role!r} is not a role name: letters, digits, _, $ and -, at most 63.")
+    quoted = engine.dialect.identifier_preparer.quote(role)
+    statements = [f"GRANT {privileges} ON {table} TO {quoted}" for privileges, table in TRACKING_ROLE_PRIVILEGES]
+    with engine.begin() as conn:
+        sequence = conn.execute(text("SELECT pg_get_serial_sequence('tracking_logs', 'id')")).scalar()
+        if sequence:
+            statements.append(f"GRANT USAGE ON SEQUENCE {sequence} TO {quoted}")
+        for statement in statements:
+            conn.execute(text(statement))
+    return statements

@@ -261,13 +261,13 @@ def test_the_tracking_service_runs_uvicorn_with_the_campaign_database_and_secret
     assert variables["CAMPAIGN_TRACKING_SECRET"] == airflow["CAMPAIGN_TRACKING_SECRET"]
     connection = json.loads(airflow[f"AIRFLOW_CONN_{CAMPAIGN_DB_CONN_ID.upper()}"])
     url = make_url(variables["CAMPAIGN_DB_URL"])
-    assert (url.get_backend_name(), url.host, url.database, url.username, url.password) == (
-        "postgresql",
-        connection["host"],
-        connection["schema"],
-        connection["login"],
-        connection["password"],
-    ), "the same campaign database as Connection campaign_db"
+    assert (url.get_backend_name(), url.host, url.database) == ("postgresql", connection["host"], connection["schema"])
+    # ... as its own role, not the owner's: the one the postgres service creates and airflow-init grants.
+    postgres = env(services["postgres"])
+    assert url.username == postgres["CAMPAIGN_TRACKING_DB_USER"] != connection["login"]
+    assert url.password == postgres["CAMPAIGN_TRACKING_DB_PASSWORD"] != connection["password"]
+    init = " ".join(services["airflow-init"]["command"])
+    assert init.index("campaign init-db") < init.index('campaign grant-tracking "$${CAMPAIGN_TRACKING_DB_USER}"')
     assert "/opt/airflow/include" in variables["PYTHONPATH"].split(":")
     mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in map(_volume, tracking["volumes"])}
     assert set(mounts) == {"/opt/airflow/include"} and Path(mounts["/opt/airflow/include"]).name == "include"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from campaign.cli import main
 
@@ -247,3 +249,30 @@ def test_a_control_without_by_is_a_usage_error(run, capsys: pytest.CaptureFixtur
         run("delivery", "pause", "1")
     assert exited.value.code == 2
     assert "the following arguments are required: --by" in capsys.readouterr().err
+
+
+def test_grant_tracking_on_sqlite_is_one_sentence(run) -> None:
+    code, _, err = run("grant-tracking", "campaign_tracking")
+    assert code == 2
+    assert err == "campaign: Only PostgreSQL has roles: on SQLite the tracking service uses the database file.\n"
+
+
+@pytest.mark.postgres
+def test_grant_tracking_gives_an_existing_role_its_privileges(postgres_db, capsys) -> None:
+    role = f"tracker_{uuid.uuid4().hex[:12]}"
+    with postgres_db.engine.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}"'))
+
+    assert main(["--db", postgres_db.url, "grant-tracking", role]) == 0
+    assert capsys.readouterr().out == f"role {role} may now serve tracking: 8 grants\n"
+    assert main(["--db", postgres_db.url, "grant-tracking", 'x"; DROP TABLE profiles; --']) == 2
+    assert "is not a role name" in capsys.readouterr().err
+    with postgres_db.engine.begin() as conn:
+        granted = conn.execute(
+            text(
+                "SELECT has_table_privilege(:r, 'tracking_logs', 'INSERT'), "
+                "has_table_privilege(:r, 'deliveries', 'SELECT')"
+            ),
+            {"r": role},
+        ).one()
+    assert tuple(granted) == (True, False)

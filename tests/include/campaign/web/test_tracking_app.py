@@ -13,17 +13,20 @@ import re
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from types import SimpleNamespace
 from urllib.parse import urljoin
 
 import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, make_url, select, text
+from sqlalchemy.exc import ProgrammingError
 from testsupport import add_profile, free_port
 
 from campaign import deliveries as delivery_steps
@@ -31,7 +34,7 @@ from campaign import machine
 from campaign.clock import utcnow
 from campaign.db import make_engine
 from campaign.dev.tracking_process import tracking_service
-from campaign.schema import broad_logs, profiles, tracking_logs
+from campaign.schema import broad_logs, grant_tracking_role, profiles, tracking_logs
 from campaign.tokens import sign_token
 from campaign.tracking import load_links, register_links
 from campaign.web.tracking_app import create_app
@@ -608,3 +611,55 @@ def test_head_on_the_hidden_link_is_recorded_and_bad_hidden_tokens_get_404(site:
     assert site.http.head(f"/h/{_hidden(site, site.bob)}").status_code == 200
 
     assert _events(site.engine) == [(site.bob, "hidden_link", None, True, "hidden_link")]
+
+
+# ---------------------------------------------------------------- the least the service needs (PostgreSQL)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("way", WAYS)
+def test_the_endpoints_work_with_only_the_tracking_roles_privileges(postgres_db, way: str) -> None:
+    """The internet-facing service logs in as a role with grant_tracking_role's privileges only:
+    every endpoint works (open, click, HEAD, the hidden link that flags earlier events,
+    unsubscribe), and the role can read no address and change nothing else."""
+    owner = postgres_db.engine
+    role = f"tracker_{uuid.uuid4().hex[:12]}"
+    with owner.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+    grant_tracking_role(owner, role)
+    url = make_url(postgres_db.url).set(username=role)
+    restricted = make_engine(url)
+    database = SimpleNamespace(engine=owner, url=url.render_as_string(hide_password=False))
+    try:
+        with _site(database, way, provider=(lambda: restricted) if way == "plugin" else None) as site:
+            _sent(site, site.alice, seconds_ago=3600)
+            assert site.http.get(f"/o/{site.open()}").status_code == 200
+            assert site.http.head(f"/c/{site.click(ACCOUNT)}").status_code == 302
+            assert site.http.get(f"/c/{site.click(ACCOUNT)}").status_code == 302
+            hidden = sign_token(SECRET, "hidden", site.delivery, site.alice)
+            assert site.http.get(f"/h/{hidden}").status_code in (200, 204, 302)
+            assert site.http.post(f"/u/{site.unsubscribe(site.bob)}").status_code == 200
+
+            events = _events(site.engine)
+            assert [(kind, rule) for _, kind, _, _, rule in events] == [
+                ("open", "hidden_link"), ("click", "head_request"), ("click", "hidden_link"),
+                ("hidden_link", "hidden_link"), ("unsubscribe", None),
+            ]  # fmt: skip
+            assert _blocklisted(site.engine)[site.bob] is True
+
+        refused = [
+            "SELECT email FROM delivery_targets",
+            "SELECT email FROM broad_logs",
+            "SELECT email FROM profiles",
+            "SELECT user_agent FROM tracking_logs",
+            "SELECT * FROM operators",
+            "UPDATE deliveries SET label = 'x'",
+            "UPDATE profiles SET email = 'x@example.test'",
+            "DELETE FROM tracking_logs",
+            "INSERT INTO operator_roles (operator_id, role, granted_at) VALUES (1, 'Start deliveries', now())",
+        ]
+        for statement in refused:
+            with pytest.raises(ProgrammingError, match="permission denied"), restricted.begin() as conn:
+                conn.execute(text(statement))
+    finally:
+        restricted.dispose()
