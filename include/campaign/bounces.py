@@ -46,7 +46,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -513,12 +513,27 @@ def ensure_folders(client: imaplib.IMAP4, folders: tuple[str, ...] = (PROCESSED_
                 client.subscribe(folder)
 
 
-def move_messages(client: imaplib.IMAP4, uids: list[bytes], folder: str) -> None:
+def server_capabilities(client: imaplib.IMAP4) -> frozenset[str]:
+    """What the server offers the logged-in client, asked now (CAPABILITY, RFC 3501 6.1.1), upper
+    case. Not imaplib's ``client.capabilities``: imaplib fills it from the greeting, before the
+    login, and never again, while a server may offer more once logged in (RFC 3501 7.2.1: the
+    list can change after authentication). Dovecot offers MOVE and UIDPLUS only then."""
+    with _imap_errors("CAPABILITY"):
+        data = _ok(client.capability(), "CAPABILITY")
+    # imaplib hands back every untagged CAPABILITY it kept (the one in LOGIN's answer too, RFC
+    # 3501 7.1 response code): the last is the answer to this command.
+    last = next((line for line in reversed(data) if line), b"")
+    text = last.decode("ascii", "replace") if isinstance(last, bytes) else str(last)
+    return frozenset(text.upper().split())
+
+
+def move_messages(client: imaplib.IMAP4, uids: list[bytes], folder: str, capabilities: Collection[str]) -> None:
     """Move messages of the selected folder to ``folder``, never deleting one: IMAP MOVE (RFC 6851)
     when the server offers it, else COPY, flag ``\\Deleted`` and expunge those UIDs only
     (UID EXPUNGE, RFC 4315); without UIDPLUS they stay flagged (a later EXPUNGE removes them,
-    and the next run skips flagged mail)."""
-    capabilities = {str(c).upper() for c in client.capabilities}
+    and the next run skips flagged mail). ``capabilities``: ``server_capabilities(client)``,
+    asked after the login."""
+    capabilities = {c.upper() for c in capabilities}
     for start in range(0, len(uids), MOVE_BATCH):
         batch = b",".join(uids[start : start + MOVE_BATCH]).decode("ascii")
         with _imap_errors(f"MOVE to {folder}"):
@@ -551,6 +566,7 @@ def process_mailbox(
     """
     started = time.monotonic()
     summary = MailboxSummary()
+    capabilities = server_capabilities(client)  # once a run, after the login: MOVE, UIDPLUS
     ensure_folders(client)
     with _imap_errors(f"SELECT {inbox}"):
         _ok(client.select(inbox), f"SELECT {inbox}")
@@ -578,7 +594,7 @@ def process_mailbox(
         # and would not recompute them.
         for folder, moved in destinations.items():
             if moved:
-                move_messages(client, moved, folder)
+                move_messages(client, moved, folder, capabilities)
                 summary.moved[folder] += len(moved)
         for delivery_id in sorted(summary.deliveries):
             stats.compute_kpis(engine, delivery_id)

@@ -429,11 +429,17 @@ def test_the_mailbox_round_trip_files_everything_and_deletes_nothing(campaign_db
     assert "4 unusable (not a bounce 1, unknown delivery 1, truncated 1, forged return path 1)" in line
     assert "KPIs recomputed for 1 deliveries, moved 7 to Processed and 4 to Unusable" in line
 
-    # Every message is kept, byte for byte, in the folder it belongs to; the inbox is empty.
-    assert imap_server.messages("INBOX") == []
+    # Every message is kept, byte for byte, in the folder it belongs to; the inbox holds no
+    # message at all, not even one flagged \Deleted: Dovecot offers MOVE once logged in, and
+    # the run asked it then (imaplib's list from before the login has no MOVE).
+    assert imap_server.messages("INBOX") == []  # SEARCH ALL
     assert sorted(imap_server.messages("Processed")) == sorted(good)
     assert sorted(imap_server.messages("Unusable")) == sorted(bad)
     assert {"Processed", "Unusable"} <= imap_server.folders()
+    sent_commands = imap_server.commands()
+    assert [c.split()[:2] for c in sent_commands if c.startswith(("UID MOVE", "UID COPY", "UID STORE"))] == [
+        ["UID", "MOVE"]
+    ] * 2
 
     kpis = _kpis(engine, delivery_id)
     assert (kpis["delivered"], kpis["hard_bounces"], kpis["soft_bounces"], kpis["complaints"]) == (4, 3, 1, 1)
@@ -450,40 +456,47 @@ def test_the_mailbox_round_trip_files_everything_and_deletes_nothing(campaign_db
     assert _kpis(engine, delivery_id)["delivered"] == 4 and _complaints(engine, delivery_id) == 1
 
 
-def test_a_move_without_the_move_extension_copies_then_expunges_only_those(imap_server):
+def _filing_commands(server) -> list[str]:
+    """What the product sent to file mail: its MOVE, COPY, STORE and EXPUNGE commands, verb only."""
+    verbs = ("UID MOVE", "UID COPY", "UID STORE", "UID EXPUNGE", "MOVE", "COPY", "STORE", "EXPUNGE")
+    return [next(v for v in verbs if c.startswith(v + " ") or c == v) for c in server.commands() if c.startswith(verbs)]
+
+
+def test_without_move_the_run_copies_and_expunges_only_its_own_messages(campaign_db, dovecot_without):
+    # A real Dovecot that does not announce MOVE (RFC 6851) but UIDPLUS (RFC 4315): COPY, flag
+    # \Deleted and UID EXPUNGE of those UIDs; a message someone else flagged \Deleted stays.
+    server = dovecot_without("MOVE")
     for number in range(3):
-        imap_server.append(f"Subject: {number}\r\n\r\nbody {number}\r\n".encode())
-    with imap_server.client() as client:
-        bounces.ensure_folders(client)
-        client.select("INBOX")
-        uids = client.uid("SEARCH", None, "ALL")[1][0].split()
-        client.capabilities = tuple(c for c in client.capabilities if c != "MOVE")
+        server.append(f"Subject: {number}\r\n\r\nbody {number}\r\n".encode())
+    with server.client() as client:
+        client.append("INBOX", r"(\Deleted)", None, b"Subject: theirs\r\n\r\nflagged by someone else\r\n")
 
-        bounces.move_messages(client, uids[:2], bounces.PROCESSED_FOLDER)
+    with server.client() as client:
+        summary = process_mailbox(client, campaign_db.engine, SECRET)
 
-    assert imap_server.messages("INBOX") == [b"Subject: 2\r\n\r\nbody 2\r\n"]
-    assert len(imap_server.messages("Processed")) == 2
+    assert (summary.read, summary.moved[bounces.UNUSABLE_FOLDER]) == (3, 3)
+    assert server.messages("INBOX") == [b"Subject: theirs\r\n\r\nflagged by someone else\r\n"]
+    assert len(server.messages("Unusable")) == 3
+    assert _filing_commands(server) == ["UID COPY", "UID STORE", "UID EXPUNGE"]
 
 
-def test_without_uidplus_filed_mail_stays_flagged_and_the_next_run_skips_it(campaign_db, imap_server):
-    # A server with neither MOVE nor UIDPLUS: no UID EXPUNGE, and a plain EXPUNGE would also remove
-    # what someone else flagged. The copies are filed, the originals stay flagged \Deleted (never
-    # removed by us), and the next run does not read them again.
+def test_without_uidplus_filed_mail_stays_flagged_and_the_next_run_skips_it(campaign_db, dovecot_without):
+    # A real Dovecot announcing neither MOVE nor UIDPLUS: no UID EXPUNGE, and a plain EXPUNGE would
+    # also remove what someone else flagged. The copies are filed, the originals stay flagged
+    # \Deleted (never removed by us), and the next run does not read them again.
+    server = dovecot_without("MOVE", "UIDPLUS")
     for number in range(3):
-        imap_server.append(f"Subject: {number}\r\n\r\nbody {number}\r\n".encode())
-    with imap_server.client() as client:
-        client.capabilities = tuple(c for c in client.capabilities if c not in ("MOVE", "UIDPLUS"))
+        server.append(f"Subject: {number}\r\n\r\nbody {number}\r\n".encode())
+    with server.client() as client:
         first = process_mailbox(client, campaign_db.engine, SECRET)
-    with imap_server.client() as client:
-        client.capabilities = tuple(c for c in client.capabilities if c not in ("MOVE", "UIDPLUS"))
+    with server.client() as client:
         second = process_mailbox(client, campaign_db.engine, SECRET)
 
     assert (first.read, first.moved[bounces.UNUSABLE_FOLDER], second.read) == (3, 3, 0)
-    assert imap_server.messages("INBOX") == []  # every original flagged \Deleted
-    assert len(imap_server.messages("Unusable")) == 3
-    with imap_server.client() as client:  # and still there, flagged: nothing expunged
-        client.select("INBOX", readonly=True)
-        assert len(client.uid("SEARCH", None, "DELETED")[1][0].split()) == 3
+    assert server.messages("INBOX", "UNDELETED") == []
+    assert len(server.messages("INBOX", "DELETED")) == 3  # still there, flagged: nothing expunged
+    assert len(server.messages("Unusable")) == 3
+    assert _filing_commands(server) == ["UID COPY", "UID STORE"]
 
 
 def test_a_database_error_stops_the_run_and_files_only_what_was_committed(campaign_db, ready_delivery, imap_server):
