@@ -501,6 +501,7 @@ PROCESSED_FOLDER = "Processed"
 UNUSABLE_FOLDER = "Unusable"
 DEFAULT_MAX_MESSAGES = 2000  # per run; the rest waits ten minutes, so a flood cannot stall a run
 MOVE_BATCH = 100
+DELIVERIES_NAMED = 10  # delivery ids the summary line names before "and N more"
 
 
 @dataclass
@@ -532,9 +533,22 @@ class MailboxSummary:
             f"process_bounces: {self.read} messages read, {dsns} DSNs (hard {self.count(HARD)}, "
             f"soft {self.count(SOFT)}, delayed {self.count(DELAYED)}), {self.count(COMPLAINT)} complaints, "
             f"{sum(unusable.values())} unusable ({reasons}), {self.unchanged} already applied, "
-            f"KPIs recomputed for {len(self.deliveries)} deliveries, moved {self.moved[PROCESSED_FOLDER]} to "
+            f"profiles quarantined {self.quarantined} and blocklisted {self.blocklisted}, "
+            f"KPIs recomputed for {self.deliveries_named()}, moved {self.moved[PROCESSED_FOLDER]} to "
             f"{PROCESSED_FOLDER} and {self.moved[UNUSABLE_FOLDER]} to {UNUSABLE_FOLDER} ({self.seconds:.2f}s)"
         )
+
+    def deliveries_named(self) -> str:
+        """``no delivery``, ``delivery 12``, ``deliveries 3, 5, 7``, or the first
+        ``DELIVERIES_NAMED`` ids and ``and 4 more``: the line stays one line."""
+        ids = sorted(self.deliveries)
+        if not ids:
+            return "no delivery"
+        if len(ids) == 1:
+            return f"delivery {ids[0]}"
+        named = ", ".join(str(delivery_id) for delivery_id in ids[:DELIVERIES_NAMED])
+        more = len(ids) - DELIVERIES_NAMED
+        return f"deliveries {named}" + (f" and {more} more" if more > 0 else "")
 
     def as_dict(self) -> dict[str, object]:
         return {

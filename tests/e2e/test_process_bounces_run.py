@@ -79,8 +79,9 @@ def test_bounces_and_complaints_of_a_real_send_reach_the_logs_and_kpis(
     assert len(lines) == 1
     assert lines[0].startswith(
         "process_bounces: 11 messages read, 5 DSNs (hard 3, soft 1, delayed 1), 2 complaints, 4 unusable (not a "
-        "bounce 1, unknown delivery 1, truncated 1, forged return path 1), 0 already applied, KPIs recomputed for 1 "
-        "deliveries, moved 7 to Processed and 4 to Unusable ("
+        "bounce 1, unknown delivery 1, truncated 1, forged return path 1), 0 already applied, profiles quarantined 3 "
+        f"and blocklisted 2, KPIs recomputed for delivery {audience.delivery_id}, moved 7 to Processed and 4 to "
+        "Unusable ("
     )
 
     logs = broad_logs(engine, audience.delivery_id)

@@ -549,9 +549,9 @@ def test_the_mailbox_round_trip_files_everything_and_deletes_nothing(campaign_db
     assert (summary.quarantined, summary.blocklisted) == (3, 1)
     line = summary.summary_line()
     assert line.startswith("process_bounces: 11 messages read, 5 DSNs (hard 3, soft 1, delayed 1), 1 complaints, ")
-    assert ", 1 already applied," in line
+    assert ", 1 already applied, profiles quarantined 3 and blocklisted 1," in line
     assert "4 unusable (not a bounce 1, unknown delivery 1, truncated 1, forged return path 1)" in line
-    assert "KPIs recomputed for 1 deliveries, moved 7 to Processed and 4 to Unusable" in line
+    assert f"KPIs recomputed for delivery {delivery_id}, moved 7 to Processed and 4 to Unusable" in line
 
     # Every message is kept, byte for byte, in the folder it belongs to; the inbox holds no
     # message at all, not even one flagged \Deleted: Dovecot offers MOVE once logged in, and
@@ -648,3 +648,23 @@ def test_a_database_error_stops_the_run_and_files_only_what_was_committed(campai
     with engine.begin() as conn:
         kpis = stats.stored_kpis(conn, delivery_id)
     assert (kpis["delivered"], kpis["hard_bounces"]) == (1, 1)
+
+
+def test_the_summary_line_names_the_deliveries_and_counts_the_profiles():
+    summary = bounces.MailboxSummary(read=14, quarantined=2, blocklisted=1, seconds=0.5)
+    summary.outcomes.update({HARD: 2, COMPLAINT: 1, f"{UNUSABLE}: {NOT_A_BOUNCE}": 11})
+
+    named = []
+    for deliveries in (set(), {12}, {3, 5, 7}, set(range(1, 14))):
+        summary.deliveries = deliveries
+        named.append(summary.summary_line())
+
+    assert named[0] == (
+        "process_bounces: 14 messages read, 2 DSNs (hard 2, soft 0, delayed 0), 1 complaints, 11 unusable "
+        "(not a bounce 11), 0 already applied, profiles quarantined 2 and blocklisted 1, KPIs recomputed for "
+        "no delivery, moved 0 to Processed and 0 to Unusable (0.50s)"
+    )
+    assert "KPIs recomputed for delivery 12, moved" in named[1]
+    assert "KPIs recomputed for deliveries 3, 5, 7, moved" in named[2]
+    assert "KPIs recomputed for deliveries 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 3 more, moved" in named[3]
+    assert all("\n" not in line for line in named)
