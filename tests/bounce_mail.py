@@ -65,12 +65,17 @@ def original_message(sent: Sent) -> str:
 # ---------------------------------------------------------------- Postfix
 
 
-def postfix_dsn(sent: Sent, kind: str = "hard", to: str | None = None) -> bytes:
+def postfix_dsn(
+    sent: Sent, kind: str = "hard", to: str | None = None, status: str | None = None, diagnostic: str | None = None
+) -> bytes:
     """Postfix's bounce(8): ``hard`` 550 5.1.1 user unknown; ``soft`` a message that stayed 5 days
-    in the queue (``Action: failed``, ``Status: 4.4.1``); ``delayed`` the delay warning."""
+    in the queue (``Action: failed``, ``Status: 4.4.1``); ``delayed`` the delay warning.
+    ``status`` and ``diagnostic`` (the remote server's reply, ``550 5.7.1 …``) replace the
+    kind's own, as Postfix writes a remote refusal: ``Status: 5.7.1``, ``Diagnostic-Code: smtp;
+    550 5.7.1 …``."""
     to = to or sent.return_path
     boundary = "8C2E41A07B.1796033702/mx1.example.test"
-    subject, action, status, diagnostic, human = {
+    subject, action, status_of_kind, diagnostic_of_kind, human = {
         "hard": (
             "Undelivered Mail Returned to Sender",
             "failed",
@@ -95,6 +100,8 @@ def postfix_dsn(sent: Sent, kind: str = "hard", to: str | None = None) -> bytes:
             "####################################################################",
         ),
     }[kind]
+    status = status or status_of_kind
+    diagnostic = f"smtp; {diagnostic}" if diagnostic else diagnostic_of_kind
     retry = "Will-Retry-Until: Sat, 5 Dec 2026 10:14:58 +0000 (UTC)\n" if kind == "delayed" else ""
     return _crlf(
         f"Return-Path: <>\n"

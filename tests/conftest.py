@@ -12,7 +12,8 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,6 +187,27 @@ def imap_server(dovecot: imap.ImapServer, monkeypatch: pytest.MonkeyPatch) -> im
     server = dovecot.new_account(f"bounces-{uuid.uuid4().hex[:12]}")
     monkeypatch.setenv("AIRFLOW_CONN_CAMPAIGN_BOUNCES", server.connection_json())
     return server
+
+
+@pytest.fixture(scope="session")
+def dovecot_without(dovecot: imap.ImapServer) -> Iterator[Callable[..., imap.ImapServer]]:
+    """``dovecot_without("MOVE", "UIDPLUS")``: an account with an empty mailbox on a real Dovecot
+    that announces after login what the session's one does, less those capabilities (its
+    ``imap_capability`` setting); one server per list, started on first use."""
+    servers: dict[tuple[str, ...], imap.ImapServer] = {}
+    with ExitStack() as stack:
+
+        def account(*left_out: str) -> imap.ImapServer:
+            if left_out not in servers:
+                advertised = [c for c in dovecot.capabilities() if c.upper() not in left_out]
+                servers[left_out] = stack.enter_context(
+                    imap.running_server("campaign-test-imap-", capabilities=advertised)
+                )
+            server = servers[left_out].new_account(f"bounces-{uuid.uuid4().hex[:12]}")
+            assert not {c.upper() for c in server.capabilities()} & set(left_out), "imap_capability not applied"
+            return server
+
+        yield account
 
 
 # ---------------------------------------------------------------- Airflow

@@ -21,23 +21,27 @@ Reading one message:
   quarantine or blocklist any recipient.
 - **What happened.** ``flufl.bounce`` (GNU Mailman's detector, RFC 3464 and the non-standard
   shapes of many servers) recognises a bounce; the ``message/delivery-status`` part's
-  per-recipient fields say how: ``Action: failed`` with ``Status: 5.x.x`` is a hard bounce, with
-  ``4.x.x`` a soft bounce (RFC 3464 2.3.3, 2.3.4; RFC 3463 status classes); ``Action: delayed``
-  changes nothing and is counted. A bounce without a delivery-status part (old text bounces) is
-  hard when the detector calls it permanent. A feedback report (``multipart/report;
-  report-type=feedback-report``) with ``Feedback-Type: abuse`` or ``fraud`` (RFC 5965 7.3) is a
-  complaint.
+  per-recipient fields say how (RFC 3464 2.3.3, 2.3.4): ``Action: failed`` is a hard or soft
+  bounce as ``campaign.qualification`` qualifies its Status (and Diagnostic-Code): hard for an
+  address that takes no mail (5.1.1, 5.2.1, 5.0.0…), soft for a full mailbox, a refusal by
+  policy, a 4.x.x the server gave up on…, and not a bounce at all with a success status 2.x.x;
+  ``Action: delayed`` changes nothing and is counted. A bounce without a delivery-status part
+  (old text bounces) is qualified the same way when the detector calls it permanent, by the
+  reply its text gives for the failed recipient (``550 No such user here``; hard without a
+  code). A feedback report (``multipart/report; report-type=feedback-report``) with
+  ``Feedback-Type: abuse`` or ``fraud`` (RFC 5965 7.3) is a complaint.
 - **Unusable** (kept in the Unusable folder, counted by reason): not a bounce (an auto-reply, a
-  person's answer, a success notice), unknown delivery (nothing names a row we sent), truncated (a
-  report cut before its fields), forged return path or Message-ID, a feedback report of another
-  type, a report for a message that never left.
+  person's answer, a success notice, a DSN whose failure has a success status), unknown delivery
+  (nothing names a row we sent), truncated (a report cut before its fields), forged return path
+  or Message-ID, a feedback report of another type, a report for a message that never left.
 
 Applying: a hard or soft bounce turns the row from ``sent`` into ``bounced`` (only from ``sent``:
-a report read twice changes nothing), with the DSN's status and diagnostic; a hard bounce also
-quarantines the profile. A complaint is one ``complaint`` event per recipient and delivery (unique
-index) and blocklists the profile. Then ``stats.compute_kpis`` recomputes the delivery's KPIs
-from the logs, as aggregation and Compute stats do, so all three agree (delivered falls, bounces
-rise, the complaint rate moves).
+a report read twice changes nothing), with the DSN's status and diagnostic; a hard DSN after a
+soft one makes the row hard (the later status and diagnostic kept). A hard bounce also
+quarantines the profile; a soft one never does. A complaint is one ``complaint`` event per
+recipient and delivery (unique index) and blocklists the profile. Then ``stats.compute_kpis``
+recomputes the delivery's KPIs from the logs, as aggregation and Compute stats do, so all three
+agree (delivered falls, bounces rise, the complaint rate moves).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,6 +61,7 @@ from email.header import decode_header
 from email.message import Message
 from email.parser import HeaderParser
 from email.utils import getaddresses
+from typing import NamedTuple
 
 from flufl.bounce import all_failures
 from sqlalchemy import Engine
@@ -65,6 +70,7 @@ from campaign import stats
 from campaign.clock import utcnow
 from campaign.db import sql
 from campaign.errors import MailboxUnavailable
+from campaign.qualification import STATUS, failure_type, reply_status
 from campaign.return_path import read_return_path
 from campaign.tokens import verify_token
 
@@ -98,11 +104,13 @@ COMPLAINT_FEEDBACK_TYPES = ("abuse", "fraud")
 # Where the address a report was delivered to appears, most trustworthy first: what the receiving
 # server wrote (Delivered-To, X-Original-To, Envelope-To), then what the reporter wrote.
 _ENVELOPE_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To")
-_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")  # RFC 3463 2: class.subject.detail
 # campaign.rendering.message_id: <campaign.{delivery}.{profile}.{mac}@{domain}>; the MAC is checked.
 _CAMPAIGN_MESSAGE_ID = re.compile(r"<campaign\.(\d{1,20}\.\d{1,20}(?:\.[0-9a-f]+)?)@[^<>\s]+>", re.IGNORECASE)
 _MESSAGE_ID_LINE = re.compile(rb"^Message-ID:[ \t]*(<campaign\.[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
 _DIAGNOSTIC_LIMIT = 1000  # characters kept of a remote server's words
+# An SMTP reply quoted in a text bounce: a 4xx or 5xx code (RFC 5321 4.2) standing alone, then
+# its text ("host mx.example [192.0.2.25]: 550 No such user here").
+_QUOTED_REPLY = re.compile(r"(?<![^\s:])[45]\d\d[ -].*")
 _TRUNCATION_DEFECTS = (
     email.errors.CloseBoundaryNotFoundDefect,
     email.errors.StartBoundaryNotFoundDefect,
@@ -290,12 +298,35 @@ def _map(
     return None, UNKNOWN_DELIVERY
 
 
-def _bounce_kind(action: str, status: str | None) -> str | None:
+def _bounce_kind(action: str, status: str | None, diagnostic: str | None) -> str | None:
     if action.startswith("delayed"):
         return DELAYED
     if action.startswith(("failed", "error")):  # some servers (OpenSMTPD) write "error"
-        return SOFT if status and status.startswith("4.") else HARD
+        # hard or soft by campaign.qualification; None for a success status (2.x.x).
+        return failure_type(status, diagnostic)
     return None  # delivered, relayed, expanded: not a failure
+
+
+def _text_diagnostic(msg: Message, recipient: str) -> str | None:
+    """The reply a text bounce (no delivery-status part) quotes for ``recipient``: in the first
+    paragraph of its text that names the address, the first 4xx or 5xx reply code and the rest
+    of that paragraph, unfolded (Exim: ``550 No such user here``); None when there is none. The
+    copy of the original that follows is not read: its paragraphs come later."""
+    for part in msg.walk():
+        if part.get_content_maintype() != "text" or part.get_content_type() == "text/rfc822-headers":
+            continue
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            continue
+        charset = part.get_content_charset() or "utf-8"
+        text = payload.decode(charset if _known_charset(charset) else "latin-1", "replace")
+        for paragraph in re.split(r"\r?\n[ \t]*\r?\n", text):
+            if recipient.lower() not in paragraph.lower():
+                continue
+            found = _QUOTED_REPLY.search(" ".join(paragraph.split()))
+            if found:
+                return found.group(0)
+    return None
 
 
 _SEVERITY = {HARD: 3, SOFT: 2, DELAYED: 1}
@@ -335,32 +366,35 @@ def _read_report(data: bytes, secret: bytes) -> Report:
     blocks, has_status_part = _delivery_status_blocks(msg)
     kind = status = diagnostic = recipient = None
     for block in blocks:
-        found = _STATUS.search(str(block.get("Status", "")))
+        found = STATUS.search(str(block.get("Status", "")))
         block_status = found.group(0) if found else None
-        block_kind = _bounce_kind(str(block["Action"]).strip().lower(), block_status)
+        block_diagnostic = _field_value(block.get("Diagnostic-Code"))
+        block_kind = _bounce_kind(str(block["Action"]).strip().lower(), block_status, block_diagnostic)
         if block_kind and _SEVERITY[block_kind] > _SEVERITY.get(kind or "", 0):
-            kind, status = block_kind, block_status
-            diagnostic = _field_value(block.get("Diagnostic-Code"))
+            kind, status, diagnostic = block_kind, block_status, block_diagnostic
             recipient = _field_value(block.get("Final-Recipient") or block.get("Original-Recipient"))
     if has_status_part and truncated and (not blocks or (kind is not None and status is None)):
         # Cut inside the delivery-status part: no recipient block, or one without its Status
         # (a required field, RFC 3464 2.3.4): what happened cannot be told.
         return _unusable(TRUNCATED)
+    if kind is None and has_status_part:
+        # No recipient block, or none that failed or was delayed: a success notice (delivered,
+        # relayed, expanded) or a failure whose status says success (class 2, RFC 3463 3.1),
+        # which contradicts itself. The detector is not asked: it would call any "failed" a
+        # permanent failure, whatever the Status.
+        return _unusable(TRUNCATED if truncated or not blocks else NOT_A_BOUNCE)
     if kind is None:
-        if has_status_part and not blocks:  # a delivery-status part without its recipients
-            return _unusable(TRUNCATED)
         try:
             temporary, permanent = all_failures(msg)
         except Exception:  # a heuristic detector choking on odd mail: take it as no verdict
             temporary, permanent = frozenset(), frozenset()
-        if permanent:
-            kind = HARD
-        elif temporary:
-            kind = DELAYED
-        if kind and not has_status_part:
-            found = _STATUS.search(data.decode("utf-8", "replace"))
-            status = found.group(0) if found and found.group(1) in "45" else None
+        if permanent or temporary:
             recipient = (next(iter(permanent or temporary))).decode("ascii", "replace")
+            diagnostic = _text_diagnostic(msg, recipient)
+            found = STATUS.search(data.decode("utf-8", "replace"))
+            status = reply_status(diagnostic) or (found.group(0) if found and found.group(1) in "45" else None)
+            # Permanent: hard or soft as a DSN with that status and reply would be.
+            kind = failure_type(status, diagnostic) if permanent else DELAYED
     if kind is None:
         return _unusable(TRUNCATED if truncated else NOT_A_BOUNCE)
 
@@ -381,21 +415,45 @@ def _read_report(data: bytes, secret: bytes) -> Report:
 # ---------------------------------------------------------------- applying
 
 
-def apply_report(engine: Engine, report: Report, now: datetime | None = None) -> tuple[Report, bool]:
-    """Apply one report in one transaction; returns the report (made ``unusable: unknown delivery``
-    when no sending-log row matches it) and whether it changed the delivery's figures.
+class Applied(NamedTuple):
+    """What applying one report did: ``report`` (made unusable when no row we sent matches it),
+    ``changed`` (the delivery's figures moved), and whether this report ``quarantined`` or
+    ``blocklisted`` the profile (False when it was already)."""
+
+    report: Report
+    changed: bool
+    quarantined: bool = False
+    blocklisted: bool = False
+
+
+def _bounce_reason(report: Report) -> str:
+    """The sending-log row's reason: ``hard bounce reported by DSN 5.1.1``."""
+    return f"{report.kind} bounce reported by DSN" + (f" {report.dsn_status}" if report.dsn_status else "")
+
+
+def _quarantine_reason(report: Report) -> str:
+    """The profile's quarantine reason: ``hard bounce (DSN) 5.1.1: 550 5.1.1 …``, without the
+    parts the report lacks (a text bounce may give neither status nor reply)."""
+    why = " ".join(f"hard bounce (DSN) {report.dsn_status or ''}".split())
+    return f"{why}: {' '.join(report.diagnostic.split())}" if report.diagnostic else why
+
+
+def apply_report(engine: Engine, report: Report, now: datetime | None = None) -> Applied:
+    """Apply one report in one transaction.
 
     Only a message the relay accepted can bounce later or be complained about: a row ``sent``,
     or ``bounced`` by an earlier DSN (``bounced_at``). A report naming any other row (bounced or
     failed at the send, ignored, cancelled: no message left) changes nothing and is made
-    ``unusable: message not sent``. Hard or soft bounce: a ``sent`` row becomes ``bounced`` with
-    the DSN's status and diagnostic (one bounced already is left as it is); a hard one
-    quarantines the profile too. Complaint: one ``complaint`` event per recipient and delivery,
-    the profile blocklisted. Delayed: nothing.
+    ``unusable: message not sent``; one naming no row we sent is made ``unusable: unknown
+    delivery``. Hard or soft bounce: a ``sent`` row becomes ``bounced`` with the DSN's status
+    and diagnostic; a hard one turns a row an earlier DSN bounced soft into hard, and
+    quarantines the profile (soft bounces never do). A row bounced already otherwise stays as
+    it is (a report read again, a soft DSN after a hard one). Complaint: one ``complaint``
+    event per recipient and delivery, the profile blocklisted. Delayed: nothing.
     Raises SQLAlchemy's errors (the database is down or busy: the caller stops and retries).
     """
     if report.kind == UNUSABLE or report.delivery_id is None:
-        return report, False
+        return Applied(report, False)
     now = now or utcnow()
     ids = {"delivery_id": report.delivery_id, "profile_id": report.profile_id}
     with engine.begin() as conn:
@@ -405,31 +463,33 @@ def apply_report(engine: Engine, report: Report, now: datetime | None = None) ->
         )
         if not known:
             # No row, or a Message-ID the row was not sent with (someone guessed the pattern).
-            return _unusable(UNKNOWN_DELIVERY, dsn_status=report.dsn_status), False
+            return Applied(_unusable(UNKNOWN_DELIVERY, dsn_status=report.dsn_status), False)
         if not (row["status"] == "sent" or (row["status"] == "bounced" and row["bounced_at"] is not None)):
-            return _unusable(NOT_SENT, dsn_status=report.dsn_status, **ids), False
-        changed = False
+            return Applied(_unusable(NOT_SENT, dsn_status=report.dsn_status, **ids), False)
+        changed = quarantined = blocklisted = False
         if report.kind in (HARD, SOFT):
-            changed = (
-                conn.execute(
-                    sql("record_async_bounce"),
-                    {
-                        "log_id": row["id"],
-                        "failure_type": report.kind,
-                        "reason": f"{report.kind} bounce reported by DSN"
-                        + (f" {report.dsn_status}" if report.dsn_status else ""),
-                        "bounced_at": now,
-                        "dsn_status": report.dsn_status,
-                        "dsn_diagnostic": report.diagnostic,
-                    },
-                ).rowcount
-                == 1
-            )
+            bounce = {
+                "log_id": row["id"],
+                "failure_type": report.kind,
+                "reason": _bounce_reason(report),
+                "bounced_at": now,
+                "dsn_status": report.dsn_status,
+                "dsn_diagnostic": report.diagnostic,
+            }
+            changed = conn.execute(sql("record_async_bounce"), bounce).rowcount == 1
+            if report.kind == HARD and not changed:
+                # Soft first (a full mailbox), hard later (the account closed): the row is hard
+                # now, as the profile is about to be quarantined. Hard already: nothing to do.
+                changed = conn.execute(sql("upgrade_async_bounce"), bounce).rowcount == 1
             if report.kind == HARD:
                 # Every hard DSN quarantines, even for a row that had bounced already: the
                 # address does not take mail. quarantine_profile.sql keeps the first reason.
-                why = f"hard bounce (DSN) {report.dsn_status or ''}: {report.diagnostic or 'no diagnostic'}"
-                conn.execute(sql("quarantine_profile"), {**ids, "reason": " ".join(why.split()), "now": now})
+                quarantined = (
+                    conn.execute(
+                        sql("quarantine_profile"), {**ids, "reason": _quarantine_reason(report), "now": now}
+                    ).rowcount
+                    == 1
+                )
         elif report.kind == COMPLAINT:
             changed = (
                 conn.execute(
@@ -437,8 +497,8 @@ def apply_report(engine: Engine, report: Report, now: datetime | None = None) ->
                 ).rowcount
                 == 1
             )
-            conn.execute(sql("blocklist_profile"), ids)
-    return report, changed
+            blocklisted = conn.execute(sql("blocklist_profile"), ids).rowcount == 1
+    return Applied(report, changed, quarantined, blocklisted)
 
 
 # ---------------------------------------------------------------- the mailbox
@@ -447,15 +507,19 @@ PROCESSED_FOLDER = "Processed"
 UNUSABLE_FOLDER = "Unusable"
 DEFAULT_MAX_MESSAGES = 2000  # per run; the rest waits ten minutes, so a flood cannot stall a run
 MOVE_BATCH = 100
+DELIVERIES_NAMED = 10  # delivery ids the summary line names before "and N more"
 
 
 @dataclass
 class MailboxSummary:
-    """What one run did: messages read, outcomes, deliveries whose KPIs were recomputed."""
+    """What one run did: messages read, outcomes, profiles quarantined and blocklisted,
+    deliveries whose KPIs were recomputed, messages filed."""
 
     read: int = 0
     outcomes: Counter = field(default_factory=Counter)
     unchanged: int = 0  # bounces and complaints already applied (mail read again), not in outcomes
+    quarantined: int = 0  # profiles this run quarantined (not those quarantined before)
+    blocklisted: int = 0  # profiles this run blocklisted
     deliveries: set[int] = field(default_factory=set)
     moved: Counter = field(default_factory=Counter)
     seconds: float = 0.0
@@ -475,9 +539,22 @@ class MailboxSummary:
             f"process_bounces: {self.read} messages read, {dsns} DSNs (hard {self.count(HARD)}, "
             f"soft {self.count(SOFT)}, delayed {self.count(DELAYED)}), {self.count(COMPLAINT)} complaints, "
             f"{sum(unusable.values())} unusable ({reasons}), {self.unchanged} already applied, "
-            f"KPIs recomputed for {len(self.deliveries)} deliveries, moved {self.moved[PROCESSED_FOLDER]} to "
+            f"profiles quarantined {self.quarantined} and blocklisted {self.blocklisted}, "
+            f"KPIs recomputed for {self.deliveries_named()}, moved {self.moved[PROCESSED_FOLDER]} to "
             f"{PROCESSED_FOLDER} and {self.moved[UNUSABLE_FOLDER]} to {UNUSABLE_FOLDER} ({self.seconds:.2f}s)"
         )
+
+    def deliveries_named(self) -> str:
+        """``no delivery``, ``delivery 12``, ``deliveries 3, 5, 7``, or the first
+        ``DELIVERIES_NAMED`` ids and ``and 4 more``: the line stays one line."""
+        ids = sorted(self.deliveries)
+        if not ids:
+            return "no delivery"
+        if len(ids) == 1:
+            return f"delivery {ids[0]}"
+        named = ", ".join(str(delivery_id) for delivery_id in ids[:DELIVERIES_NAMED])
+        more = len(ids) - DELIVERIES_NAMED
+        return f"deliveries {named}" + (f" and {more} more" if more > 0 else "")
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -488,6 +565,8 @@ class MailboxSummary:
             "complaints": self.count(COMPLAINT),
             "unusable": {reason: count for reason, count in self.unusable().items() if count},
             "unchanged": self.unchanged,
+            "quarantined": self.quarantined,
+            "blocklisted": self.blocklisted,
             "deliveries": sorted(self.deliveries),
         }
 
@@ -520,12 +599,27 @@ def ensure_folders(client: imaplib.IMAP4, folders: tuple[str, ...] = (PROCESSED_
                 client.subscribe(folder)
 
 
-def move_messages(client: imaplib.IMAP4, uids: list[bytes], folder: str) -> None:
+def server_capabilities(client: imaplib.IMAP4) -> frozenset[str]:
+    """What the server offers the logged-in client, asked now (CAPABILITY, RFC 3501 6.1.1), upper
+    case. Not imaplib's ``client.capabilities``: imaplib fills it from the greeting, before the
+    login, and never again, while a server may offer more once logged in (RFC 3501 7.2.1: the
+    list can change after authentication). Dovecot offers MOVE and UIDPLUS only then."""
+    with _imap_errors("CAPABILITY"):
+        data = _ok(client.capability(), "CAPABILITY")
+    # imaplib hands back every untagged CAPABILITY it kept (the one in LOGIN's answer too, RFC
+    # 3501 7.1 response code): the last is the answer to this command.
+    last = next((line for line in reversed(data) if line), b"")
+    text = last.decode("ascii", "replace") if isinstance(last, bytes) else str(last)
+    return frozenset(text.upper().split())
+
+
+def move_messages(client: imaplib.IMAP4, uids: list[bytes], folder: str, capabilities: Collection[str]) -> None:
     """Move messages of the selected folder to ``folder``, never deleting one: IMAP MOVE (RFC 6851)
     when the server offers it, else COPY, flag ``\\Deleted`` and expunge those UIDs only
     (UID EXPUNGE, RFC 4315); without UIDPLUS they stay flagged (a later EXPUNGE removes them,
-    and the next run skips flagged mail)."""
-    capabilities = {str(c).upper() for c in client.capabilities}
+    and the next run skips flagged mail). ``capabilities``: ``server_capabilities(client)``,
+    asked after the login."""
+    capabilities = {c.upper() for c in capabilities}
     for start in range(0, len(uids), MOVE_BATCH):
         batch = b",".join(uids[start : start + MOVE_BATCH]).decode("ascii")
         with _imap_errors(f"MOVE to {folder}"):
@@ -558,6 +652,7 @@ def process_mailbox(
     """
     started = time.monotonic()
     summary = MailboxSummary()
+    capabilities = server_capabilities(client)  # once a run, after the login: MOVE, UIDPLUS
     ensure_folders(client)
     with _imap_errors(f"SELECT {inbox}"):
         _ok(client.select(inbox), f"SELECT {inbox}")
@@ -571,7 +666,9 @@ def process_mailbox(
             if data is None:  # expunged meanwhile by someone else
                 continue
             summary.read += 1
-            report, changed = apply_report(engine, read_report(data, secret))
+            report, changed, quarantined, blocklisted = apply_report(engine, read_report(data, secret))
+            summary.quarantined += quarantined
+            summary.blocklisted += blocklisted
             if changed:
                 summary.deliveries.add(report.delivery_id)
             if changed or report.kind not in (HARD, SOFT, COMPLAINT):
@@ -585,7 +682,7 @@ def process_mailbox(
         # and would not recompute them.
         for folder, moved in destinations.items():
             if moved:
-                move_messages(client, moved, folder)
+                move_messages(client, moved, folder, capabilities)
                 summary.moved[folder] += len(moved)
         for delivery_id in sorted(summary.deliveries):
             stats.compute_kpis(engine, delivery_id)

@@ -86,8 +86,9 @@ def test_bounces_and_complaints_of_a_real_send_reach_the_logs_and_kpis(
     assert len(lines) == 1
     assert lines[0].startswith(
         "process_bounces: 11 messages read, 5 DSNs (hard 3, soft 1, delayed 1), 2 complaints, 4 unusable (not a "
-        "bounce 1, unknown delivery 1, truncated 1, forged return path 1), 0 already applied, KPIs recomputed for 1 "
-        "deliveries, moved 7 to Processed and 4 to Unusable ("
+        "bounce 1, unknown delivery 1, truncated 1, forged return path 1), 0 already applied, profiles quarantined 3 "
+        f"and blocklisted 2, KPIs recomputed for delivery {audience.delivery_id}, moved 7 to Processed and 4 to "
+        "Unusable ("
     )
 
     logs = broad_logs(engine, audience.delivery_id)
@@ -105,9 +106,15 @@ def test_bounces_and_complaints_of_a_real_send_reach_the_logs_and_kpis(
     assert kpis["delivered_rate"] == pytest.approx(8 / 12) and kpis["bounce_error_rate"] == pytest.approx(4 / 12)
     assert kpis["complaints"] == 2 and kpis["complaint_rate"] == pytest.approx(2 / 8)
 
-    assert imap_server.messages("INBOX") == []
+    # No message left in the inbox, not even flagged \Deleted: through Airflow's IMAP hook too, the
+    # run asked Dovecot after the login what it offers, and moved with MOVE (RFC 6851).
+    assert imap_server.messages("INBOX") == []  # SEARCH ALL
     assert sorted(imap_server.messages("Processed")) == sorted(good)
     assert sorted(imap_server.messages("Unusable")) == sorted(bad)
+    assert [c for c in imap_server.commands() if c.startswith(("UID MOVE", "UID COPY", "UID STORE"))] == [
+        f"UID MOVE {','.join(map(str, range(1, 8)))} Processed",
+        f"UID MOVE {','.join(map(str, range(8, 12)))} Unusable",
+    ]
 
     # Compute stats recomputes the same figures from the logs; a second run finds an empty inbox.
     caplog.clear()

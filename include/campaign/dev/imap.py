@@ -2,10 +2,18 @@
 its own configuration in a temporary directory, on a free loopback port, run as an unprivileged
 user (``nobody`` when we are root: Dovecot's "rootless" mode, every service under one account).
 
-Plaintext login is allowed because it only listens on 127.0.0.1; one user from a passwd-file;
+Plaintext login is allowed because it only listens on 127.0.0.1; one user from a passwd-file,
+with a random password unless one is given (a password equal to a common word, such as the
+login ``bounces``, would make Airflow's secret masker star that word out of every task log);
 Maildir storage under the temporary directory; logs in ``dovecot.log`` there. Messages go in with
 IMAP APPEND, as a delivery agent would put them, so the tests read them back through the same
 protocol the product uses.
+
+Dovecot writes what every logged-in session sends into ``rawlog/`` (its ``rawlog_dir``
+setting), so a test can read which commands the product used (``ImapServer.commands``).
+``running_server(capabilities=…)`` makes Dovecot announce another CAPABILITY list after login
+(its ``imap_capability`` setting, which replaces the built-in list): a real server that does not
+offer, say, MOVE (RFC 6851) or UIDPLUS (RFC 4315), for the product's fallbacks.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import imaplib
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -86,14 +95,15 @@ class ImapServer:
             if status != "OK":
                 raise RuntimeError(f"APPEND to {folder} refused: {reply}")
 
-    def messages(self, folder: str = "INBOX") -> list[bytes]:
-        """The raw bytes of every message in ``folder`` not flagged \\Deleted, in UID order; [] if
-        the folder does not exist."""
+    def messages(self, folder: str = "INBOX", search: str = "ALL") -> list[bytes]:
+        """The raw bytes of the messages of ``folder`` that match ``search`` (IMAP SEARCH, RFC 3501
+        6.4.4; default every message, those flagged \\Deleted included), in UID order; [] if the
+        folder does not exist."""
         with self.client() as client:
             status, _ = client.select(folder, readonly=True)
             if status != "OK":
                 return []
-            _, data = client.uid("SEARCH", None, "UNDELETED")
+            _, data = client.uid("SEARCH", None, search)
             uids = data[0].split()
             found = []
             for uid in uids:
@@ -113,6 +123,38 @@ class ImapServer:
         with self.client() as client:
             _, listing = client.list()
         return {line.decode().rsplit(" ", 1)[-1].strip('"') for line in listing if line}
+
+    def capabilities(self) -> list[str]:
+        """What the server announces to this account after login (CAPABILITY, RFC 3501 6.1.1), in
+        its order: the answer to the command, not imaplib's list from before the login."""
+        with self.client() as client:
+            _, data = client.capability()
+        return data[-1].decode("ascii").split()
+
+    def commands(self, timeout: float = 5.0) -> list[str]:
+        """The commands this account's logged-in sessions sent so far, oldest session first,
+        without their tags (``UID MOVE 1,2 Processed``), from Dovecot's rawlog; waits (at most
+        ``timeout`` seconds) until every such session has ended, so its file is complete."""
+        # imap-login logs each login with the pid of the imap process that serves the session
+        # (mpid), before the session runs; that process logs "Disconnected" when it ends.
+        logins = re.compile(rf"Login: user=<{re.escape(self.user)}>, .*?\bmpid=(\d+)")
+        ends = re.compile(rf"imap\({re.escape(self.user)}\)<(\d+)><[^>]*>: Info: Disconnected")
+
+        def ended() -> list[int] | None:
+            text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+            pids = list(dict.fromkeys(int(pid) for pid in logins.findall(text)))
+            return pids if set(pids) <= {int(pid) for pid in ends.findall(text)} else None
+
+        wait_until(lambda: ended() is not None, timeout, 0.05, f"the sessions of {self.user} to end")
+        commands = []
+        for pid in ended() or []:
+            for path in sorted((self.folder / "rawlog").glob(f"*.{pid}.*.in")):
+                for line in path.read_text(errors="replace").splitlines():
+                    # "<time> <tag> <command>"; literal data (an APPEND's message) has no tag.
+                    parts = line.split(" ", 2)
+                    if len(parts) == 3 and re.fullmatch(r"[A-Z]{4}\d+", parts[1]):
+                        commands.append(parts[2])
+        return commands
 
 
 _CONFIG = """\
@@ -176,7 +218,9 @@ service auth-worker {{
 }}
 protocol imap {{
   mail_max_userip_connections = 50
-}}
+  # Every logged-in session's input and output, one file each (ImapServer.commands).
+  rawlog_dir = {folder}/rawlog
+{capability}}}
 """
 
 
@@ -190,9 +234,18 @@ def _listening(port: int) -> bool:
 
 @contextmanager
 def running_server(
-    prefix: str = "campaign-imap-", user: str = "bounces", password: str = "bounces"
+    prefix: str = "campaign-imap-",
+    user: str = "bounces",
+    password: str | None = None,
+    capabilities: list[str] | None = None,
 ) -> Iterator[ImapServer]:
     """Start Dovecot in the foreground (``dovecot -F -c <config>``) and stop it at the end.
+
+    ``password``: the account's, random (``secrets.token_urlsafe``) when None. ``capabilities``:
+    the CAPABILITY list Dovecot announces after login instead of its own (``imap_capability``,
+    Dovecot 2.3's 20-imap.conf: a value not starting with ``+`` replaces the built-in list);
+    Dovecot still carries out a command it does not announce, so a test tells what the product
+    sent from ``ImapServer.commands``.
 
     Raises ``FileNotFoundError`` when Dovecot is not installed, ``TimeoutError`` (with the end of
     its log) when it does not answer on its port within 20 s.
@@ -201,8 +254,11 @@ def running_server(
     folder = Path(tempfile.mkdtemp(prefix=prefix))
     account = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
     entry = pwd.getpwnam(account)
-    for sub in ("run", "state", "mail", "home"):
+    for sub in ("run", "state", "mail", "home", "rawlog"):
         (folder / sub).mkdir()
+    password = password if password is not None else secrets.token_urlsafe(16)
+    if capabilities is not None and not all(re.fullmatch(r"[A-Za-z0-9=+.-]+", c) for c in capabilities):
+        raise ValueError(f"not IMAP capability names (RFC 3501 9, capability): {capabilities!r}")
     (folder / "passwd").write_text(f"{user}:{{PLAIN}}{password}::::::\n")
     port = free_port()
     extra_password = secrets.token_hex(8)
@@ -219,6 +275,7 @@ def running_server(
             folder=folder,
             port=port,
             extra_password=extra_password,
+            capability="" if capabilities is None else f"  imap_capability = {' '.join(capabilities)}\n",
         )
     )
     as_user: list[str] = []

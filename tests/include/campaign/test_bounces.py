@@ -98,6 +98,68 @@ def test_a_text_bounce_without_delivery_status_is_recognised_by_the_detector():
 
     assert (report.kind, report.delivery_id, report.profile_id) == (HARD, 7, 42)
     assert report.dsn_status is None and report.recipient == "sam@example.test"
+    # The reply its text gives for the failed recipient, not the words around it.
+    assert report.diagnostic == "550 No such user here"
+
+
+def test_a_text_bounce_is_qualified_by_the_reply_it_quotes():
+    # The same permanent text bounce (Exim's X-Failed-Recipients) for a full mailbox: the
+    # enhanced code in the quoted reply (RFC 2034) makes it soft, as it would a DSN.
+    full = exim_text_bounce(sent()).replace(b"550 No such user here", b"552 5.2.2 Mailbox full, try later")
+    bare = exim_text_bounce(sent()).replace(b": 550 No such user here", b": no such user here")
+
+    soft = read_report(full, SECRET)
+    hard = read_report(bare, SECRET)
+
+    assert (soft.kind, soft.dsn_status, soft.diagnostic) == (SOFT, "5.2.2", "552 5.2.2 Mailbox full, try later")
+    assert (hard.kind, hard.dsn_status, hard.diagnostic) == (HARD, None, None)  # permanent, no code: hard
+
+
+@pytest.mark.parametrize(
+    ("status", "diagnostic", "kind"),
+    [
+        # RFC 3463 3.2, addressing: the address takes no mail.
+        ("5.1.1", "550 5.1.1 <sam@example.test>: Recipient address rejected: User unknown", HARD),
+        ("5.1.2", "550 5.1.2 Host unknown: domain example.test has no MX", HARD),
+        ("5.1.3", "501 5.1.3 Bad recipient address syntax", HARD),
+        ("5.1.6", "550 5.1.6 Recipient no longer on server", HARD),
+        ("5.1.10", "550 5.1.10 RESOLVER.ADR.RecipientNotFound", HARD),
+        ("5.2.1", "550 5.2.1 The email account that you tried to reach is disabled.", HARD),
+        ("5.0.0", "550 Requested action not taken: mailbox unavailable", HARD),
+        (None, "550 Requested action not taken: mailbox unavailable", HARD),  # no Status field
+        # The message, the sender or a server, not the address.
+        ("5.2.2", "552 5.2.2 The email account that you tried to reach is over quota.", SOFT),
+        ("5.2.3", "552 5.2.3 Message size exceeds maximum permitted", SOFT),
+        ("5.3.4", "552 5.3.4 Message too big for system", SOFT),
+        ("5.4.4", "550 5.4.4 Unable to route: no MX for example.test", SOFT),
+        ("5.5.0", "550 5.5.0 Requested action not taken", SOFT),
+        ("5.6.0", "550 5.6.0 Message content rejected", SOFT),
+        ("5.7.1", "550 5.7.1 Message rejected as spam by Content Filtering.", SOFT),
+        ("5.1.8", "553 5.1.8 Sender address rejected: Domain not found", SOFT),  # our sender, not them
+        ("4.2.2", "452 4.2.2 Mailbox full", SOFT),
+        # Exim's subject-less 5.0.0: the reply's own code decides (RFC 2034).
+        ("5.0.0", "550 5.2.2 Mailbox full", SOFT),
+        ("5.0.0", "550 5.1.1 User unknown", HARD),
+    ],
+)
+def test_a_failed_dsn_is_hard_only_when_its_status_says_the_address_takes_no_mail(status, diagnostic, kind):
+    data = postfix_dsn(sent(), status=status or "5.9.9", diagnostic=diagnostic)
+    if status is None:
+        data = data.replace(b"Status: 5.9.9\r\n", b"")
+
+    report = read_report(data, SECRET)
+
+    assert (report.kind, report.dsn_status, report.diagnostic) == (kind, status, diagnostic)
+
+
+def test_a_failure_with_a_success_status_is_not_a_bounce():
+    # "Action: failed" with "Status: 2.0.0" (RFC 3463 3.1: class 2 is success) contradicts itself:
+    # no bounce, no quarantine; the message is filed as unusable for a person to read.
+    for data in (postfix_dsn(sent(), status="2.0.0", diagnostic="250 2.0.0 Ok: queued as 4Yb2kQ"),
+                 postfix_dsn(sent(), status="2.0.0").replace(b"Action: failed", b"Action: delivered")):  # fmt: skip
+        report = read_report(data, SECRET)
+
+        assert (report.kind, report.reason) == (UNUSABLE, NOT_A_BOUNCE)
 
 
 @pytest.mark.parametrize("build", [postfix_dsn, gmail_dsn, microsoft_dsn, exim_dsn])
@@ -237,11 +299,11 @@ def test_bounces_and_complaints_move_the_rows_the_profiles_and_the_kpis(campaign
     for delivery in {delivery_id}:
         stats.compute_kpis(engine, delivery)
 
-    assert [(r.kind, changed) for r, changed in outcomes] == [
-        (HARD, True),
-        (SOFT, True),
-        (DELAYED, False),
-        (COMPLAINT, True),
+    assert [(a.report.kind, a.changed, a.quarantined, a.blocklisted) for a in outcomes] == [
+        (HARD, True, True, False),
+        (SOFT, True, False, False),
+        (DELAYED, False, False, False),
+        (COMPLAINT, True, False, True),
     ]
     row = _log(engine, hard)
     assert (row["status"], row["failure_type"], row["dsn_status"]) == ("bounced", "hard", "5.1.1")
@@ -270,16 +332,77 @@ def test_applying_again_changes_nothing(campaign_db, ready_delivery):
     engine = campaign_db.engine
     delivery_id, recipients = _sent_delivery(engine, 3, ready_delivery)
     reports = [read_report(postfix_dsn(recipients[0]), SECRET), read_report(feedback_report(recipients[1]), SECRET)]
-    first = [apply_report(engine, report)[1] for report in reports]
+    first = [apply_report(engine, report) for report in reports]
     before = (_log(engine, recipients[0]), _profile(engine, recipients[0].profile_id))
 
-    again = [apply_report(engine, report)[1] for report in reports]
+    again = [apply_report(engine, report) for report in reports]
     # A later soft DSN for the row that hard-bounced leaves it hard.
-    later_soft = apply_report(engine, read_report(microsoft_dsn(recipients[0], "soft"), SECRET))[1]
+    later_soft = apply_report(engine, read_report(microsoft_dsn(recipients[0], "soft"), SECRET)).changed
 
-    assert first == [True, True] and again == [False, False] and later_soft is False
+    assert [(a.changed, a.quarantined or a.blocklisted) for a in first] == [(True, True)] * 2
+    assert [(a.changed, a.quarantined or a.blocklisted) for a in again] == [(False, False)] * 2
+    assert later_soft is False
     assert (_log(engine, recipients[0]), _profile(engine, recipients[0].profile_id)) == before
     assert _complaints(engine, delivery_id) == 1
+
+
+def test_a_hard_dsn_after_a_soft_one_makes_the_row_hard(campaign_db, ready_delivery):
+    # The mailbox was full (soft), then the account was closed (hard): row and profile agree.
+    engine = campaign_db.engine
+    delivery_id, recipients = _sent_delivery(engine, 3, ready_delivery)
+    one = recipients[0]
+    full = postfix_dsn(one, status="5.2.2", diagnostic="552 5.2.2 Over quota")
+    soft = apply_report(engine, read_report(full, SECRET))
+    assert (soft.report.kind, soft.changed, soft.quarantined) == (SOFT, True, False)
+    first_bounce = _log(engine, one)["bounced_at"]
+
+    hard = apply_report(engine, read_report(postfix_dsn(one), SECRET))
+    again = apply_report(engine, read_report(postfix_dsn(one), SECRET))
+    kpis = stats.compute_kpis(engine, delivery_id)
+
+    assert (hard.report.kind, hard.changed, hard.quarantined) == (HARD, True, True)
+    assert (again.changed, again.quarantined) == (False, False), "the same hard DSN again: already applied"
+    row = _log(engine, one)
+    assert (row["status"], row["failure_type"], row["dsn_status"]) == ("bounced", "hard", "5.1.1")
+    assert row["reason"] == "hard bounce reported by DSN 5.1.1" and row["dsn_diagnostic"].startswith("550 5.1.1")
+    assert row["bounced_at"] == first_bounce, "it bounced when the first DSN said so"
+    assert _profile(engine, one.profile_id)["quarantine_reason"].startswith("hard bounce (DSN) 5.1.1: 550 5.1.1")
+    assert (kpis["hard_bounces"], kpis["soft_bounces"], kpis["delivered"]) == (1, 0, 2)
+
+
+@pytest.mark.parametrize(
+    ("status", "diagnostic"),
+    [
+        ("5.2.2", "552 5.2.2 The email account that you tried to reach is over quota."),
+        ("5.7.1", "550 5.7.1 Message rejected as spam by Content Filtering."),
+        ("4.4.1", "421 4.4.1 Connection timed out"),
+    ],
+)
+def test_a_soft_bounce_never_quarantines(campaign_db, ready_delivery, status, diagnostic):
+    engine = campaign_db.engine
+    delivery_id, recipients = _sent_delivery(engine, 2, ready_delivery)
+    one = recipients[0]
+
+    applied = apply_report(engine, read_report(postfix_dsn(one, status=status, diagnostic=diagnostic), SECRET))
+
+    assert (applied.report.kind, applied.changed, applied.quarantined) == (SOFT, True, False)
+    assert (_log(engine, one)["failure_type"], _log(engine, one)["dsn_status"]) == ("soft", status)
+    assert _profile(engine, one.profile_id)["quarantine_reason"] is None
+
+
+def test_a_text_bounce_quarantines_with_the_reply_it_quotes_or_a_plain_reason(campaign_db, ready_delivery):
+    engine = campaign_db.engine
+    delivery_id, recipients = _sent_delivery(engine, 2, ready_delivery)
+    quoted, bare = recipients
+    no_reply = exim_text_bounce(bare).replace(b": 550 No such user here", b": no such user here")
+
+    applied = [apply_report(engine, read_report(data, SECRET)) for data in (exim_text_bounce(quoted), no_reply)]
+
+    assert [(a.report.kind, a.changed, a.quarantined) for a in applied] == [(HARD, True, True)] * 2
+    assert _profile(engine, quoted.profile_id)["quarantine_reason"] == "hard bounce (DSN): 550 No such user here"
+    assert _profile(engine, bare.profile_id)["quarantine_reason"] == "hard bounce (DSN)"
+    assert _log(engine, quoted)["dsn_diagnostic"] == "550 No such user here"
+    assert _log(engine, bare)["reason"] == "hard bounce reported by DSN"
 
 
 @pytest.mark.parametrize(
@@ -309,7 +432,7 @@ def test_a_report_for_a_message_that_never_left_changes_nothing(campaign_db, rea
         for data in (postfix_dsn(one), microsoft_dsn(one, "soft"), feedback_report(one))
     ]
 
-    assert [(r.kind, r.reason, r.delivery_id, changed) for r, changed in results] == [
+    assert [(a.report.kind, a.report.reason, a.report.delivery_id, a.changed) for a in results] == [
         (UNUSABLE, NOT_SENT, delivery_id, False)
     ] * 3
     assert (_log(engine, one), _profile(engine, one.profile_id)) == before
@@ -328,7 +451,7 @@ def test_a_complaint_and_a_dsn_for_one_message_blocklist_but_leave_the_rate(camp
     results = [apply_report(engine, read_report(data, SECRET)) for data in (reports if dsn_first else reports[::-1])]
     kpis = stats.compute_kpis(engine, delivery_id)
 
-    assert sorted((r.kind, changed) for r, changed in results) == [(COMPLAINT, True), (HARD, True)]
+    assert sorted((a.report.kind, a.changed) for a in results) == [(COMPLAINT, True), (HARD, True)]
     assert _profile(engine, one.profile_id)["blocklisted"] is True and _complaints(engine, delivery_id) == 1
     assert (kpis["delivered"], kpis["complaints"], kpis["complaint_rate"]) == (3, 0, 0.0)
 
@@ -342,7 +465,7 @@ def test_8bit_text_in_a_diagnostic_code_is_kept_as_the_server_wrote_it(campaign_
         data = postfix_dsn(one).replace(b"Recipient address rejected: User\r\n    unknown", words.encode(encoding))
         assert words.encode(encoding) in data
 
-        report, changed = apply_report(engine, read_report(data, SECRET))
+        report, changed, _, _ = apply_report(engine, read_report(data, SECRET))
 
         assert changed is True
         assert f"<{one.email}>: {words} in virtual mailbox table" in report.diagnostic, report.diagnostic
@@ -364,7 +487,7 @@ def test_a_report_naming_no_row_we_sent_is_unknown(campaign_db, ready_delivery):
 
     outcomes = [apply_report(engine, read_report(postfix_dsn(case), SECRET)) for case in cases]
 
-    assert [(r.kind, r.reason, changed) for r, changed in outcomes] == [(UNUSABLE, UNKNOWN_DELIVERY, False)] * 3
+    assert [(a.report.kind, a.report.reason, a.changed) for a in outcomes] == [(UNUSABLE, UNKNOWN_DELIVERY, False)] * 3
     assert _log(engine, one)["status"] == "sent"
     assert _profile(engine, one.profile_id)["quarantine_reason"] is None
 
@@ -390,14 +513,15 @@ def test_a_guessed_message_id_touches_nothing(campaign_db, ready_delivery):
 
     results = [apply_report(engine, read_report(data, SECRET)) for data in forged]
 
-    assert [(r.kind, r.reason, changed) for r, changed in results] == [(UNUSABLE, FORGED_MESSAGE_ID, False)] * 6
+    assert [(a.report.kind, a.report.reason, a.changed) for a in results] == [(UNUSABLE, FORGED_MESSAGE_ID, False)] * 6
     assert _log(engine, victim)["status"] == "sent"
     assert _profile(engine, victim.profile_id)["blocklisted"] is False
     assert _profile(engine, victim.profile_id)["quarantine_reason"] is None
     assert _complaints(engine, delivery_id) == 0
     # The real one still maps without a return path.
     real = apply_report(engine, read_report(feedback_report(without_return_path(victim)), SECRET))
-    assert (real[0].kind, real[0].mapped_by, real[1]) == (COMPLAINT, "message_id", True)
+    assert (real.report.kind, real.report.mapped_by) == (COMPLAINT, "message_id")
+    assert (real.changed, real.blocklisted) == (True, True)
 
 
 def test_a_forged_return_path_touches_nothing(campaign_db, ready_delivery):
@@ -416,7 +540,7 @@ def test_a_forged_return_path_touches_nothing(campaign_db, ready_delivery):
         apply_report(engine, read_report(data, SECRET)) for data in (postfix_dsn(forged), feedback_report(forged))
     ]
 
-    assert [(r.reason, changed) for r, changed in results] == [(FORGED_RETURN_PATH, False)] * 2
+    assert [(a.report.reason, a.changed) for a in results] == [(FORGED_RETURN_PATH, False)] * 2
     assert _log(engine, victim)["status"] == "sent"
     assert _profile(engine, victim.profile_id)["blocklisted"] is False
     assert _complaints(engine, delivery_id) == 0
@@ -428,7 +552,7 @@ def test_the_recipients_history_shows_the_dsn_and_the_complaint(campaign_db, rea
     delivery_id, recipients = _sent_delivery(engine, 2, ready_delivery)
     bounced, complainer = recipients
     for data in (postfix_dsn(bounced), feedback_report(complainer)):
-        assert apply_report(engine, read_report(data, SECRET))[1] is True
+        assert apply_report(engine, read_report(data, SECRET)).changed is True
 
     _, bounced_history = profile_history(engine, bounced.email)
     _, complainer_history = profile_history(engine, complainer.email)
@@ -477,17 +601,24 @@ def test_the_mailbox_round_trip_files_everything_and_deletes_nothing(campaign_db
         NOT_SENT: 0, FORGED_MESSAGE_ID: 0,
     }  # fmt: skip
     assert summary.unchanged == 1 and summary.deliveries == {delivery_id}
+    assert (summary.quarantined, summary.blocklisted) == (3, 1)
     line = summary.summary_line()
     assert line.startswith("process_bounces: 11 messages read, 5 DSNs (hard 3, soft 1, delayed 1), 1 complaints, ")
-    assert ", 1 already applied," in line
+    assert ", 1 already applied, profiles quarantined 3 and blocklisted 1," in line
     assert "4 unusable (not a bounce 1, unknown delivery 1, truncated 1, forged return path 1)" in line
-    assert "KPIs recomputed for 1 deliveries, moved 7 to Processed and 4 to Unusable" in line
+    assert f"KPIs recomputed for delivery {delivery_id}, moved 7 to Processed and 4 to Unusable" in line
 
-    # Every message is kept, byte for byte, in the folder it belongs to; the inbox is empty.
-    assert imap_server.messages("INBOX") == []
+    # Every message is kept, byte for byte, in the folder it belongs to; the inbox holds no
+    # message at all, not even one flagged \Deleted: Dovecot offers MOVE once logged in, and
+    # the run asked it then (imaplib's list from before the login has no MOVE).
+    assert imap_server.messages("INBOX") == []  # SEARCH ALL
     assert sorted(imap_server.messages("Processed")) == sorted(good)
     assert sorted(imap_server.messages("Unusable")) == sorted(bad)
     assert {"Processed", "Unusable"} <= imap_server.folders()
+    sent_commands = imap_server.commands()
+    assert [c.split()[:2] for c in sent_commands if c.startswith(("UID MOVE", "UID COPY", "UID STORE"))] == [
+        ["UID", "MOVE"]
+    ] * 2
 
     kpis = _kpis(engine, delivery_id)
     assert (kpis["delivered"], kpis["hard_bounces"], kpis["soft_bounces"], kpis["complaints"]) == (4, 3, 1, 1)
@@ -504,40 +635,47 @@ def test_the_mailbox_round_trip_files_everything_and_deletes_nothing(campaign_db
     assert _kpis(engine, delivery_id)["delivered"] == 4 and _complaints(engine, delivery_id) == 1
 
 
-def test_a_move_without_the_move_extension_copies_then_expunges_only_those(imap_server):
+def _filing_commands(server) -> list[str]:
+    """What the product sent to file mail: its MOVE, COPY, STORE and EXPUNGE commands, verb only."""
+    verbs = ("UID MOVE", "UID COPY", "UID STORE", "UID EXPUNGE", "MOVE", "COPY", "STORE", "EXPUNGE")
+    return [next(v for v in verbs if c.startswith(v + " ") or c == v) for c in server.commands() if c.startswith(verbs)]
+
+
+def test_without_move_the_run_copies_and_expunges_only_its_own_messages(campaign_db, dovecot_without):
+    # A real Dovecot that does not announce MOVE (RFC 6851) but UIDPLUS (RFC 4315): COPY, flag
+    # \Deleted and UID EXPUNGE of those UIDs; a message someone else flagged \Deleted stays.
+    server = dovecot_without("MOVE")
     for number in range(3):
-        imap_server.append(f"Subject: {number}\r\n\r\nbody {number}\r\n".encode())
-    with imap_server.client() as client:
-        bounces.ensure_folders(client)
-        client.select("INBOX")
-        uids = client.uid("SEARCH", None, "ALL")[1][0].split()
-        client.capabilities = tuple(c for c in client.capabilities if c != "MOVE")
+        server.append(f"Subject: {number}\r\n\r\nbody {number}\r\n".encode())
+    with server.client() as client:
+        client.append("INBOX", r"(\Deleted)", None, b"Subject: theirs\r\n\r\nflagged by someone else\r\n")
 
-        bounces.move_messages(client, uids[:2], bounces.PROCESSED_FOLDER)
+    with server.client() as client:
+        summary = process_mailbox(client, campaign_db.engine, SECRET)
 
-    assert imap_server.messages("INBOX") == [b"Subject: 2\r\n\r\nbody 2\r\n"]
-    assert len(imap_server.messages("Processed")) == 2
+    assert (summary.read, summary.moved[bounces.UNUSABLE_FOLDER]) == (3, 3)
+    assert server.messages("INBOX") == [b"Subject: theirs\r\n\r\nflagged by someone else\r\n"]
+    assert len(server.messages("Unusable")) == 3
+    assert _filing_commands(server) == ["UID COPY", "UID STORE", "UID EXPUNGE"]
 
 
-def test_without_uidplus_filed_mail_stays_flagged_and_the_next_run_skips_it(campaign_db, imap_server):
-    # A server with neither MOVE nor UIDPLUS: no UID EXPUNGE, and a plain EXPUNGE would also remove
-    # what someone else flagged. The copies are filed, the originals stay flagged \Deleted (never
-    # removed by us), and the next run does not read them again.
+def test_without_uidplus_filed_mail_stays_flagged_and_the_next_run_skips_it(campaign_db, dovecot_without):
+    # A real Dovecot announcing neither MOVE nor UIDPLUS: no UID EXPUNGE, and a plain EXPUNGE would
+    # also remove what someone else flagged. The copies are filed, the originals stay flagged
+    # \Deleted (never removed by us), and the next run does not read them again.
+    server = dovecot_without("MOVE", "UIDPLUS")
     for number in range(3):
-        imap_server.append(f"Subject: {number}\r\n\r\nbody {number}\r\n".encode())
-    with imap_server.client() as client:
-        client.capabilities = tuple(c for c in client.capabilities if c not in ("MOVE", "UIDPLUS"))
+        server.append(f"Subject: {number}\r\n\r\nbody {number}\r\n".encode())
+    with server.client() as client:
         first = process_mailbox(client, campaign_db.engine, SECRET)
-    with imap_server.client() as client:
-        client.capabilities = tuple(c for c in client.capabilities if c not in ("MOVE", "UIDPLUS"))
+    with server.client() as client:
         second = process_mailbox(client, campaign_db.engine, SECRET)
 
     assert (first.read, first.moved[bounces.UNUSABLE_FOLDER], second.read) == (3, 3, 0)
-    assert imap_server.messages("INBOX") == []  # every original flagged \Deleted
-    assert len(imap_server.messages("Unusable")) == 3
-    with imap_server.client() as client:  # and still there, flagged: nothing expunged
-        client.select("INBOX", readonly=True)
-        assert len(client.uid("SEARCH", None, "DELETED")[1][0].split()) == 3
+    assert server.messages("INBOX", "UNDELETED") == []
+    assert len(server.messages("INBOX", "DELETED")) == 3  # still there, flagged: nothing expunged
+    assert len(server.messages("Unusable")) == 3
+    assert _filing_commands(server) == ["UID COPY", "UID STORE"]
 
 
 def test_a_database_error_stops_the_run_and_files_only_what_was_committed(campaign_db, ready_delivery, imap_server):
@@ -565,3 +703,23 @@ def test_a_database_error_stops_the_run_and_files_only_what_was_committed(campai
     with engine.begin() as conn:
         kpis = stats.stored_kpis(conn, delivery_id)
     assert (kpis["delivered"], kpis["hard_bounces"]) == (1, 1)
+
+
+def test_the_summary_line_names_the_deliveries_and_counts_the_profiles():
+    summary = bounces.MailboxSummary(read=14, quarantined=2, blocklisted=1, seconds=0.5)
+    summary.outcomes.update({HARD: 2, COMPLAINT: 1, f"{UNUSABLE}: {NOT_A_BOUNCE}": 11})
+
+    named = []
+    for deliveries in (set(), {12}, {3, 5, 7}, set(range(1, 14))):
+        summary.deliveries = deliveries
+        named.append(summary.summary_line())
+
+    assert named[0] == (
+        "process_bounces: 14 messages read, 2 DSNs (hard 2, soft 0, delayed 0), 1 complaints, 11 unusable "
+        "(not a bounce 11), 0 already applied, profiles quarantined 2 and blocklisted 1, KPIs recomputed for "
+        "no delivery, moved 0 to Processed and 0 to Unusable (0.50s)"
+    )
+    assert "KPIs recomputed for delivery 12, moved" in named[1]
+    assert "KPIs recomputed for deliveries 3, 5, 7, moved" in named[2]
+    assert "KPIs recomputed for deliveries 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 3 more, moved" in named[3]
+    assert all("\n" not in line for line in named)

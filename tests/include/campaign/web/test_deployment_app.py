@@ -16,13 +16,15 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
+from bounce_mail import Sent, exim_text_bounce, postfix_dsn
 from fastapi import Header, HTTPException
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select, text
 from testsupport import start_confirmed_send
 
-from campaign import charts, controls, operators, stats
+from campaign import bounces, charts, controls, operators, stats
 from campaign.db import sql
+from campaign.rendering import message_id
 from campaign.schema import ROLE_START_DELIVERIES, delivery_targets
 from campaign.web import deployment_app
 from campaign.web.deployment_app import URL_PREFIX, create_app
@@ -155,7 +157,56 @@ def test_an_automatic_pause_shows_its_reason_and_figures_on_the_page(campaign_db
     assert "(automatic, " in page
 
 
+# ---------------------------------------------------------------- bounces, errors and ignored recipients
+
+
+def test_a_bounce_reported_later_by_dsn_shows_the_dsn_status_not_the_relays_250(
+    campaign_db, client, ready_delivery
+) -> None:
+    # Fresh-user finding: the code column read 250 (what the relay said when it took the message)
+    # for every recipient a DSN bounced later.
+    engine = campaign_db.engine
+    delivery_id = ready_delivery(engine, recipients=4)
+    profile_ids = _profiles_of(engine, delivery_id)
+    with engine.begin() as conn:
+        conn.execute(
+            sql("insert_broad_log"),
+            [
+                {
+                    "delivery_id": delivery_id, "profile_id": profile_id, "seq": seq, "email": f"r{seq}@x.test",
+                    "status": "bounced" if seq == 2 else "sent", "failure_type": "hard" if seq == 2 else None,
+                    "reason": "recipient refused" if seq == 2 else None, "smtp_code": 550 if seq == 2 else 250,
+                    "smtp_reply": None, "message_id": message_id(SECRET, delivery_id, profile_id, "shop.test"),
+                    "attempts": 1, "worker": "t", "run_id": "r", "logged_at": T0,
+                }
+                for seq, profile_id in enumerate(profile_ids, start=1)
+            ],
+        )  # fmt: skip
+    sent = [  # sent without a return path: the reports map by Message-ID
+        Sent(delivery_id, pid, f"r{seq}@x.test", "news@shop.test", message_id(SECRET, delivery_id, pid, "shop.test"))
+        for seq, pid in enumerate(profile_ids, start=1)
+    ]
+    for data in (postfix_dsn(sent[0]), exim_text_bounce(sent[2])):  # a DSN 5.1.1; a text bounce without status
+        assert bounces.apply_report(engine, bounces.read_report(data, SECRET)).changed
+
+    page = client.get(f"/deliveries/{delivery_id}").text
+    reasons = page[page.index('<table id="reasons">') : page.index("</table>", page.index('<table id="reasons">'))]
+    api = client.get(f"/api/deliveries/{delivery_id}").json()["failure_reasons"]
+
+    assert "<td>bounced</td><td>hard</td><td>DSN 5.1.1</td><td>hard bounce reported by DSN 5.1.1</td>" in reasons
+    assert "<td>bounced</td><td>hard</td><td>550</td><td>recipient refused</td>" in reasons
+    assert "<td>bounced</td><td>hard</td><td></td><td>hard bounce reported by DSN</td>" in reasons
+    assert "250" not in reasons
+    assert sorted((r["smtp_code"] or 0, r["dsn_status"] or "", r["reason"]) for r in api) == [
+        (0, "", "hard bounce reported by DSN"),
+        (0, "5.1.1", "hard bounce reported by DSN 5.1.1"),
+        (550, "", "recipient refused"),
+    ]
+
+
 # ---------------------------------------------------------------- the charts
+
+SECRET = b"deployment-test-secret-0123456789"  # signs the Message-IDs of the bounce test
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 
