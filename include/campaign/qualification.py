@@ -50,8 +50,9 @@ other subjects                     soft    a code the registry does not define s
                                            sure about the address
 =================================  ======  ==================================================
 
-The send (``campaign.sending``) qualifies a synchronous refusal by its basic reply code only (5xx
-hard, 4xx soft after retries); this module is where a finer rule for it would come from too.
+The send (``campaign.sending``) qualifies a synchronous permanent refusal (5xx at RCPT or DATA)
+by this rule too, from the reply's enhanced code (a bare 5xx without one is hard); a 4xx is
+retried, then soft.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from campaign import controls
+from campaign import controls, qualification
 from campaign.clock import utcnow
 from campaign.db import sql
 from campaign.deliveries import Delivery, load_delivery
@@ -381,10 +381,14 @@ class _ChunkSender:
     ) -> _Pending | None:
         if 400 <= code < 500:
             return _Pending(recipient, message, attempts, code, reply)
+        # A permanent refusal is hard only when it is about the address (campaign.qualification,
+        # the rule DSNs follow too): "550 5.7.1 refused as spam" must not quarantine anyone.
+        full_reply = f"{code} {reply}"
+        status = qualification.reply_status(full_reply)
         self.record(
             recipient,
             "bounced",
-            failure_type="hard",
+            failure_type=qualification.failure_type(status, full_reply) if status and status[0] == "5" else "hard",
             reason=what,
             code=code,
             reply=reply,

@@ -180,6 +180,33 @@ def test_a_relay_reply_with_a_nul_byte_is_recorded_without_it(campaign_db, tmp_p
     assert reply == "5.1.1 nobody here"
 
 
+def test_a_permanent_refusal_quarantines_only_when_it_is_about_the_address(
+    campaign_db, tmp_path, add_profiles, new_delivery
+) -> None:
+    """The synchronous refusal follows campaign.qualification, as DSNs do: a spam or policy
+    refusal (550 5.7.1) or a full mailbox (552 5.2.2) is soft and quarantines nobody; an
+    unknown user (550 5.1.1) and a bare 550 without enhanced code are hard."""
+    engine = campaign_db.engine
+    addresses = ["spam@x.test", "full@x.test", "unknown@x.test", "bare@x.test"]
+    delivery_id = _sending_delivery(engine, add_profiles, new_delivery, addresses)
+    rules = [
+        Rule(Stage.RCPT, 550, "spam@x.test", text="5.7.1 Message rejected as spam"),
+        Rule(Stage.RCPT, 552, "full@x.test", text="5.2.2 Mailbox full"),
+        Rule(Stage.RCPT, 550, "unknown@x.test", text="5.1.1 No such user"),
+        Rule(Stage.RCPT, 550, "bare@x.test", text="No such user here"),
+    ]
+    with running_server(tmp_path / "maildir", rules=rules) as (port, _server):
+        send_chunk(engine, delivery_id, "run-1", 1, 4, connection_factory(port))
+
+    with engine.begin() as conn:
+        outcome = dict(conn.execute(text("SELECT email, failure_type FROM broad_logs WHERE status = 'bounced'")).all())
+        quarantined = set(
+            conn.execute(text("SELECT email FROM profiles WHERE quarantine_reason IS NOT NULL")).scalars()
+        )
+    assert outcome == {"spam@x.test": "soft", "full@x.test": "soft", "unknown@x.test": "hard", "bare@x.test": "hard"}
+    assert quarantined == {"unknown@x.test", "bare@x.test"}
+
+
 @pytest.mark.parametrize(
     ("value", "delays"), [("", (0.5, 1.0, 2.0, 4.0, 8.0)), ("0,0.25, 3", (0.0, 0.25, 3.0)), ("10", (10.0,))]
 )
