@@ -63,7 +63,8 @@ MAX_CONSECUTIVE_MESSAGE_REFUSALS = 20
 # How often a chunk looks at the delivery's controls (pause, stop, the automatic brake): the
 # delay before a pause or a stop takes effect, for one primary-key read a second. Each look also
 # commits the pending sending-log rows in the same transaction, so a row is visible within about
-# this long of the relay's acceptance (the machine rules measure from it: campaign.machine).
+# this long of the relay's acceptance (the machine rules measure from it, and judge an open or
+# click of a target without a row yet by rule before_send_logged: campaign.machine).
 CONTROL_CHECK_SECONDS = 1.0
 # A chunk started (or retried) while its delivery is in one of these checks the controls first
 # and sends nothing.
