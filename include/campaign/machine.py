@@ -19,6 +19,15 @@ they were recorded. That is safe because the hourly fold only takes events older
 lag fall under ``SAME_MOMENT_SECONDS``, so an event is never folded before its moment is over.
 Were one flagged later anyway (a clock far off), Compute stats finds the human counts disagreeing
 with the events and rebuilds them.
+
+The timing rules measure from the recipient's sending-log row (``broad_logs.logged_at``, written
+when the relay accepted the message). ``send_chunk`` commits that row within about a second
+(``campaign.sending.CONTROL_CHECK_SECONDS``, kept under ``OPEN_AFTER_SEND_SECONDS`` by a test), so
+an open or click of a target whose row is not there yet was made moments after its message was
+accepted: ``before_send_logged`` says so, where the time rules cannot measure. A target whose
+message never left (no row ever: the send has not reached it, or stopped before) can only be
+requested by someone holding the tracking secret; that is a machine's too. Such events are
+recorded like any other, never dropped.
 """
 
 from __future__ import annotations
@@ -134,6 +143,17 @@ RULES: tuple[Rule, ...] = (
         for agent in USER_AGENTS
     ),
     Rule(
+        "before_send_logged",
+        (OPEN, CLICK),
+        "an open or click of a target whose sending-log row is not written yet: send_chunk commits each row "
+        "within about a second of the relay's acceptance, so the message arrived moments ago, sooner than "
+        "open_after_send and click_after_send measure (a target never sent to has no row either: only someone "
+        "holding the tracking secret requests its URLs)",
+        "the same prefetches on arrival as open_after_send and click_after_send; campaign.sending commits the "
+        "rows at each look at the controls (CONTROL_CHECK_SECONDS)",
+        "no broad_logs row yet",
+    ),
+    Rule(
         "open_after_send",
         (OPEN,),
         f"an open within {OPEN_AFTER_SEND_SECONDS:g} s of the send (broad_logs.logged_at): a prefetch on arrival",
@@ -166,9 +186,11 @@ class Event:
 
     ``kind`` is "open" or "click"; ``method`` the HTTP method ("GET" or "HEAD"); ``user_agent`` the
     header as received (None when absent); ``seconds_since_send`` the time since the recipient's
-    sending-log row was written (None without one); ``hidden_link`` whether the request is for the
-    hidden link, or one came from that recipient in the moment before; ``links_this_moment`` the
-    distinct links this recipient clicked in the last ``SAME_MOMENT_SECONDS``, this one included.
+    sending-log row was written (None when unknown); ``send_logged`` False for a target whose
+    sending-log row is not written yet (rule ``before_send_logged``); ``hidden_link`` whether the
+    request is for the hidden link, or one came from that recipient in the moment before;
+    ``links_this_moment`` the distinct links this recipient clicked in the last
+    ``SAME_MOMENT_SECONDS``, this one included.
     """
 
     kind: str
@@ -177,6 +199,7 @@ class Event:
     seconds_since_send: float | None = None
     hidden_link: bool = False
     links_this_moment: int = 0
+    send_logged: bool = True
 
 
 MAX_JUDGED_USER_AGENT = 512
@@ -200,6 +223,8 @@ def classify(event: Event) -> str | None:
     for name, pattern in _USER_AGENT_PATTERNS:
         if pattern.search(agent):
             return name
+    if not event.send_logged:
+        return "before_send_logged"
     since = event.seconds_since_send
     if since is not None:
         if event.kind == OPEN and since < OPEN_AFTER_SEND_SECONDS:

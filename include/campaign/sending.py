@@ -1,10 +1,19 @@
 """Sending one chunk of a delivery over one SMTP connection, exactly once per recipient.
 
 Exactly-once, and its bound: a recipient is skipped when it already has a sending-log row, and
-rows are committed every ``commit_every`` accepted messages and before any error leaves the
-chunk. Only a process killed outright (SIGKILL, machine loss) can lose the rows of messages
-accepted since the last commit, so a retried chunk re-sends **at most ``commit_every``
-messages per killed attempt**; those copies carry the same Message-ID as the first ones.
+rows are committed every ``commit_every`` accepted messages, at least once a second
+(``CONTROL_CHECK_SECONDS``), and before any error leaves the chunk. Only a process killed outright
+(SIGKILL, machine loss) can lose the rows of messages accepted since the last commit, so a
+retried chunk re-sends **at most ``commit_every`` messages per killed attempt** (fewer at a
+rate under ``commit_every`` a second); those copies carry the same Message-ID as the first ones.
+
+Visible within a second: the machine rules judge an open or click by the time since the
+recipient's row was written (``campaign.machine``), so a row must not wait for the 100th message,
+which at a low rate limit is minutes away. The chunk commits its pending rows each time it looks
+at the controls (once a second, the same monotonic-clock comparison between messages as before),
+and before any wait that would hold them past that look: the rate limit's slots, the relay's
+reconnection backoff. A row can wait longer only while the relay itself takes longer than that to
+answer the message in flight.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from campaign import controls, qualification
 from campaign.clock import utcnow
@@ -52,7 +61,10 @@ DEFAULT_SOFT_RETRY_DELAYS = (2.0, 5.0)
 # (content, policy, server fault), not the recipients: stop before quarantining the whole audience.
 MAX_CONSECUTIVE_MESSAGE_REFUSALS = 20
 # How often a chunk looks at the delivery's controls (pause, stop, the automatic brake): the
-# delay before a pause or a stop takes effect, for one primary-key read a second.
+# delay before a pause or a stop takes effect, for one primary-key read a second. Each look also
+# commits the pending sending-log rows in the same transaction, so a row is visible within about
+# this long of the relay's acceptance (the machine rules measure from it, and judge an open or
+# click of a target without a row yet by rule before_send_logged: campaign.machine).
 CONTROL_CHECK_SECONDS = 1.0
 # A chunk started (or retried) while its delivery is in one of these checks the controls first
 # and sends nothing.
@@ -186,7 +198,7 @@ class _ChunkSender:
             if delivery.tracking
             else None
         )
-        self.pacer = Pacer(engine, delivery.id, delivery.max_rate) if delivery.max_rate else None
+        self.pacer = Pacer(engine, delivery.id, delivery.max_rate, sleep=self.sleep) if delivery.max_rate else None
         self.use_relay(None)
         self.worker = worker_identity()
         self.consecutive_message_refusals = 0
@@ -277,24 +289,44 @@ class _ChunkSender:
         if not self.buffer:
             return
         with self.engine.begin() as conn:
+            self._write(conn)
+        self._written()
+
+    def _write(self, conn: Connection) -> None:
+        """Insert the pending rows (and quarantines) in ``conn``'s transaction; ``_written`` once
+        it committed, so a failed commit keeps them for the next attempt."""
+        if self.buffer:
             conn.execute(sql("insert_broad_log"), self.buffer)
             if self.to_quarantine:
                 conn.execute(sql("quarantine_profile"), self.to_quarantine)
+
+    def _written(self) -> None:
         self.buffer.clear()
         self.to_quarantine.clear()
 
+    def sleep(self, seconds: float) -> None:
+        """``time.sleep`` for the send's waits (the rate limit's slots, the relay's reconnection
+        backoff): the pending rows are committed first when the wait would hold them past the next
+        look at the controls, so a slow or paced send keeps each row within about a second of its
+        acceptance too. A short wait of a fast paced send commits nothing: the look does."""
+        if self.buffer and time.monotonic() + seconds >= self.controls_checked + CONTROL_CHECK_SECONDS:
+            self.flush()
+        time.sleep(seconds)
+
     def between_messages(self) -> None:
-        """Look at the delivery's controls once every ``CONTROL_CHECK_SECONDS``, and after each
-        commit that wrote a bounce or an error: a fast relay refusing most recipients would
-        otherwise get a second of messages per chunk past the brake's threshold."""
+        """Look at the delivery's controls once every ``CONTROL_CHECK_SECONDS``, committing the
+        pending rows with it, and after each commit that wrote a bounce or an error: a fast relay
+        refusing most recipients would otherwise get a second of messages per chunk past the
+        brake's threshold. One monotonic-clock comparison a message."""
         if (
             self.unbraked_failures and not self.buffer
         ) or time.monotonic() - self.controls_checked >= CONTROL_CHECK_SECONDS:
             self.check_controls()
 
     def check_controls(self) -> None:
-        """Raise ``ChunkHeld`` once the delivery is paused or stopped, after committing this
-        chunk's rows; first let the automatic brake read them when they include a failure."""
+        """Commit this chunk's pending rows and read the delivery's controls, in one transaction;
+        raise ``ChunkHeld`` once the delivery is paused or stopped. First let the automatic brake
+        read the rows when they include a failure."""
         self.controls_checked = time.monotonic()
         if self.unbraked_failures:
             self.flush()
@@ -303,9 +335,10 @@ class _ChunkSender:
             if reading is not None:
                 log.warning("send_chunk: delivery %s paused itself: %s", self.delivery.id, reading.sentence())
         with self.engine.begin() as conn:
+            self._write(conn)
             state = controls.send_state(conn, self.delivery.id)
+        self._written()
         if state.status in ("paused", "stopping", "stopped"):
-            self.flush()
             why = controls.last_control(self.engine, self.delivery.id) or f"the delivery is {state.status}"
             raise ChunkHeld(self.result, why, state.status == "paused", state)
 
@@ -510,6 +543,7 @@ def _send_targets(
         smtp_factory,
         reconnect_delays=reconnect_delays_setting() if reconnect_delays is None else reconnect_delays,
         messages_per_connection=messages_per_connection_setting(),
+        sleep=sender.sleep,  # the rows wait no backoff out uncommitted
     )
     try:
         with relay:
@@ -532,6 +566,7 @@ def _send_targets(
                 sender.check_controls()
                 still_pending = []
                 for index, item in enumerate(pending):
+                    sender.between_messages()  # the rows of a long retry pass are committed as they go too
                     left = len(pending) - index
                     deferred = sender.attempt(relay, item.recipient, item.message, item.attempts + 1, left=left)
                     if deferred is not None:

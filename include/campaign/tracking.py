@@ -136,6 +136,7 @@ def _record(
                 method=method,
                 user_agent=user_agent,
                 seconds_since_send=(now - sent_at).total_seconds() if sent_at else None,
+                send_logged=sent_at is not None,  # no row yet: accepted moments ago (or never sent)
                 hidden_link=moment.hidden_requests > 0,
                 links_this_moment=moment.other_links + 1 if event_type == "click" else 0,
             )

@@ -7,15 +7,21 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
-from testsupport import add_profile
+from testsupport import add_profile, start_confirmed_send
 
 from campaign import deliveries as delivery_steps
-from campaign.schema import delivery_links, profiles, tracking_logs
-from campaign.tokens import sign_token, verify_token
+from campaign.clock import utcnow
+from campaign.db import make_engine
+from campaign.dev.play_recipients import tracked_urls
+from campaign.dev.smtp import connection_factory, running_server
+from campaign.schema import broad_logs, delivery_links, delivery_targets, profiles, tracking_logs
+from campaign.sending import send_chunk
+from campaign.tokens import sign_token, tracking_secret, verify_token
 from campaign.tracking import (
     MAX_USER_AGENT,
     Tracker,
@@ -472,3 +478,114 @@ def test_only_the_href_attribute_of_an_anchor_is_tracked() -> None:
     assert hidden.startswith(f"{BASE_URL}/h/")
     assert verify_token(SECRET, "click", _token(href, f"{BASE_URL}/c/")) == (1, 2, 5)
     assert 'data-href="https://shop.test/data"' in rewritten
+
+
+# ---------------------------------------------------------------- before the sending-log row is written
+
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+
+
+def _verdicts(engine: Engine) -> list[tuple[int, str, bool | None, str | None]]:
+    return [(r["profile_id"], r["event_type"], r["machine"], r["machine_rule"]) for r in _event_rows(engine)]
+
+
+def _logged(engine: Engine, delivery: int, profile: int, seconds_ago: float) -> None:
+    """The recipient's sending-log row, written ``seconds_ago``."""
+    with engine.begin() as conn:
+        seq = conn.execute(
+            select(delivery_targets.c.seq).where(
+                delivery_targets.c.delivery_id == delivery, delivery_targets.c.profile_id == profile
+            )
+        ).scalar_one()
+        conn.execute(
+            broad_logs.insert().values(
+                delivery_id=delivery,
+                profile_id=profile,
+                seq=seq,
+                email=f"{profile}@example.test",
+                status="sent",
+                logged_at=utcnow() - timedelta(seconds=seconds_ago),
+            )
+        )
+
+
+def test_an_open_or_click_of_a_target_whose_row_is_not_written_yet_is_recorded_as_a_machines(world: World) -> None:
+    """The relay accepted alice's message a moment ago and send_chunk has not committed her row:
+    her pixel fetched now is a prefetch on arrival (rule before_send_logged), recorded, not
+    dropped. Bob's row was written an hour ago: the same requests are a person's."""
+    _logged(world.engine, world.delivery, world.bob, seconds_ago=3600)
+    for profile in (world.alice, world.bob):
+        assert record_open(world.engine, SECRET, sign_token(SECRET, "open", world.delivery, profile), FIREFOX)
+        click = sign_token(SECRET, "click", world.delivery, profile, world.links[SALE])
+        assert record_click(world.engine, SECRET, click, FIREFOX) == SALE
+    assert record_open(world.engine, SECRET, sign_token(SECRET, "open", world.delivery, world.alice), "Mozilla/5.0")
+
+    assert _verdicts(world.engine) == [
+        (world.alice, "open", True, "before_send_logged"),
+        (world.alice, "click", True, "before_send_logged"),
+        (world.bob, "open", False, None),
+        (world.bob, "click", False, None),
+        (world.alice, "open", True, "apple_mpp_proxy"),  # what names the machine comes first
+    ]
+
+    _logged(world.engine, world.delivery, world.alice, seconds_ago=0.5)  # now committed: the time rules measure
+    assert record_open(world.engine, SECRET, sign_token(SECRET, "open", world.delivery, world.alice), FIREFOX)
+    assert _verdicts(world.engine)[-1] == (world.alice, "open", True, "open_after_send")
+
+
+def test_pixels_fetched_as_the_mail_reaches_the_relay_are_machines_whatever_the_commit(
+    campaign_db, tmp_path, add_profiles, new_delivery
+) -> None:
+    """The fresh user's test, in small: each pixel fetched with a browser's user agent as soon as
+    the mail reached the relay (before it even answered: the row cannot be written yet), and again
+    ten messages later (about a second at 36,000 an hour: the row written or not), through another
+    engine, as the tracking service would. Every open is a machine's: before_send_logged while
+    the row is missing, open_after_send once it is there; none is taken for a person."""
+    engine = campaign_db.engine
+    addresses = [f"r{i:02}@example.test" for i in range(40)]
+    add_profiles(engine, addresses)
+    delivery_id = new_delivery(engine, max_rate=36_000)
+    delivery_steps.prepare_delivery(engine, delivery_id, prepared_by="alice")
+    delivery_steps.approve_delivery(engine, delivery_id, approved_by="alice")
+    start_confirmed_send(engine, delivery_id, "alice", "run-1")
+    tracking_engine = make_engine(campaign_db.url)
+    secret = tracking_secret()
+    pixels: list[str] = []
+    immediate: list[int] = []  # profile ids whose pixel was fetched on arrival
+    problems: list[BaseException] = []
+
+    def fetch(pixel: str, user_agent: str = FIREFOX) -> None:
+        assert record_open(tracking_engine, secret, pixel.rsplit("/o/", 1)[1], user_agent)
+
+    def on_message(_total: int, _peer: object) -> None:
+        try:
+            with server.lock:
+                raw = server.received[-1].raw
+            pixel, _links = tracked_urls(raw)
+            pixels.append(pixel)
+            immediate.append(verify_token(secret, "open", pixel.rsplit("/o/", 1)[1])[1])
+            fetch(pixel)
+            if len(pixels) > 10:
+                fetch(pixels[-11])
+        except BaseException as exc:  # the relay's thread: keep it for the test's own
+            problems.append(exc)
+            raise
+
+    try:
+        with running_server(tmp_path / "maildir") as (port, server):
+            server.on_message = on_message
+            result = send_chunk(engine, delivery_id, "run-1", 1, 40, connection_factory(port))
+    finally:
+        tracking_engine.dispose()
+
+    assert not problems, problems
+    assert result.counts == {"sent": 40}
+    verdicts = _verdicts(engine)
+    assert len(verdicts) == 40 + 30
+    assert all(machine_ is True for _profile, _kind, machine_, _rule in verdicts), verdicts
+    assert {rule for *_, rule in verdicts} <= {"before_send_logged", "open_after_send"}
+    first_opens: dict[int, str] = {}
+    for profile, _kind, _machine, rule in verdicts:
+        first_opens.setdefault(profile, rule)
+    assert sorted(first_opens) == sorted(immediate)
+    assert set(first_opens.values()) == {"before_send_logged"}, "on arrival, before the relay answered"

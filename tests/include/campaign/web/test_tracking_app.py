@@ -292,6 +292,8 @@ def test_head_on_the_unsubscribe_page_answers_like_get_and_changes_nothing(site:
 
 
 def test_head_on_the_pixel_and_a_click_answers_like_get_and_records_a_machine(site: Site) -> None:
+    _sent(site, site.alice, seconds_ago=3600)
+    _sent(site, site.bob, seconds_ago=3600)  # so that the GET below is judged a person's
     pixel = site.http.head(f"/o/{site.open()}")
     click = site.http.head(f"/c/{site.click(SALE, site.bob)}")
 
@@ -531,6 +533,22 @@ def test_user_agent_rules_on_real_requests(site: Site, user_agent: str, rule: st
     assert _events(site.engine) == [
         (site.alice, "open", None, rule is not None, rule),
         (site.alice, "click", site.links[SALE], rule is not None, rule),
+    ]
+
+
+def test_an_open_before_the_sending_log_row_is_written_is_a_machine(site: Site) -> None:
+    # alice's message was accepted a moment ago, her row not committed yet; bob's an hour ago
+    _sent(site, site.bob, seconds_ago=3600)
+    headers = {"User-Agent": BROWSER}
+    for profile in (site.alice, site.bob):
+        assert site.http.get(f"/o/{site.open(profile)}", headers=headers).status_code == 200
+        assert site.http.get(f"/c/{site.click(SALE, profile)}", headers=headers).status_code == 302
+
+    assert _events(site.engine) == [
+        (site.alice, "open", None, True, "before_send_logged"),
+        (site.alice, "click", site.links[SALE], True, "before_send_logged"),
+        (site.bob, "open", None, False, None),
+        (site.bob, "click", site.links[SALE], False, None),
     ]
 
 
