@@ -89,27 +89,29 @@ def _new_database(backend: str, request: pytest.FixtureRequest, tmp_path: Path) 
     return CampaignDatabase(backend, url, connection, engine)
 
 
+def _published_database(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[CampaignDatabase]:
+    database = _new_database(backend, request, tmp_path)
+    monkeypatch.setenv("AIRFLOW_CONN_CAMPAIGN_DB", database.airflow_connection)
+    monkeypatch.setenv("CAMPAIGN_DB_URL", database.url)
+    yield database
+    database.engine.dispose()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def campaign_db(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[CampaignDatabase]:
     """An empty campaign database on each backend, also published as Connection campaign_db."""
-    database = _new_database(request.param, request, tmp_path)
-    monkeypatch.setenv("AIRFLOW_CONN_CAMPAIGN_DB", database.airflow_connection)
-    monkeypatch.setenv("CAMPAIGN_DB_URL", database.url)
-    yield database
-    database.engine.dispose()
+    yield from _published_database(request.param, request, tmp_path, monkeypatch)
 
 
 @pytest.fixture
 def sqlite_db(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[CampaignDatabase]:
-    database = _new_database("sqlite", request, tmp_path)
-    monkeypatch.setenv("AIRFLOW_CONN_CAMPAIGN_DB", database.airflow_connection)
-    monkeypatch.setenv("CAMPAIGN_DB_URL", database.url)
-    yield database
-    database.engine.dispose()
+    yield from _published_database("sqlite", request, tmp_path, monkeypatch)
 
 
 @pytest.fixture
@@ -117,11 +119,7 @@ def postgres_db(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[CampaignDatabase]:
     """For what only PostgreSQL has (roles and grants); mark the test ``postgres``."""
-    database = _new_database("postgres", request, tmp_path)
-    monkeypatch.setenv("AIRFLOW_CONN_CAMPAIGN_DB", database.airflow_connection)
-    monkeypatch.setenv("CAMPAIGN_DB_URL", database.url)
-    yield database
-    database.engine.dispose()
+    yield from _published_database("postgres", request, tmp_path, monkeypatch)
 
 
 # ---------------------------------------------------------------- SMTP server
