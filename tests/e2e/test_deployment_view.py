@@ -68,8 +68,11 @@ def test_json_api_gives_the_figures_of_the_database(live_airflow, sent_delivery)
     detail = authed(live_airflow, f"/api/deliveries/{audience.delivery_id}").json()
     assert detail["kpis"] == entry["kpis"]
     assert detail["failure_reasons"] == [
-        {"status": "bounced", "failure_type": "hard", "smtp_code": 550, "reason": "recipient refused", "recipients": 2}
-    ]
+        {
+            "status": "bounced", "failure_type": "hard", "smtp_code": 550, "dsn_status": None,
+            "reason": "recipient refused", "recipients": 2,
+        }
+    ]  # fmt: skip
     assert [(link["url"], link["clicks"]) for link in detail["links"]] == [("https://shop.test/deals", 0)]
 
     history = authed(live_airflow, "/api/profiles", params={"email": audience.good[0]}).json()
