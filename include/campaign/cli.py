@@ -38,8 +38,8 @@ def cmd_init_db(args: argparse.Namespace) -> None:
 
 
 def cmd_grant_tracking(args: argparse.Namespace) -> None:
-    statements = grant_tracking_role(_engine(args), args.role)
-    print(f"role {args.role} may now serve tracking: {len(statements)} grants")
+    grant_tracking_role(_engine(args), args.role)
+    print(f"role {args.role} may now serve tracking, and do nothing else (README: the tracking service)")
 
 
 def cmd_operator_create(args: argparse.Namespace) -> None:

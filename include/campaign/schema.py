@@ -5,6 +5,7 @@ Created from this metadata so that SQLite and PostgreSQL get the same tables, ke
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -32,6 +33,7 @@ from sqlalchemy import (
     text,
     true,
 )
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.schema import AddConstraint, CreateTable, DropConstraint
 
 from campaign.db import sql
@@ -669,15 +671,47 @@ TRACKING_ROLE_PRIVILEGES = (
     ("UPDATE (machine, machine_rule)", "tracking_logs"),
     ("SELECT (id), UPDATE (blocklisted)", "profiles"),
 )
+# Column grants cannot say which values: row-level security does. Restrictive policies for the
+# tracking role only (ANDed with the permissive one every role gets, which keeps the tables as
+# they were for everyone else; the tables' owner, which the workers use, bypasses them anyway).
+# {table: [(name, command, USING, WITH CHECK)]}
+TRACKING_ROLE_POLICIES = {  # fmt: skip
+    "profiles": [
+        # an unsubscribe blocklists; nothing the service does un-blocklists anyone
+        ("tracking_only_blocklists", "UPDATE", "true", "blocklisted"),
+    ],
+    "tracking_logs": [
+        # only the events its endpoints record: never a complaint (that is the bounce mailbox's)
+        (
+            "tracking_inserts_its_events",
+            "INSERT",
+            None,
+            "event_type IN ('open', 'click', 'hidden_link', 'unsubscribe')",
+        ),
+        # a machine verdict is only ever added, to events of the last minutes (the same moment)
+        ("tracking_only_flags_machines", "UPDATE", "event_at > now() - interval '10 minutes'", "machine"),
+    ],
+}
+EVERYONE_POLICY = "campaign_everyone"
 _ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$-]{0,62}")
+# "SELECT (a, b), UPDATE (c)" -> (privilege, columns or None)
+_PRIVILEGE = re.compile(r"(SELECT|INSERT|UPDATE)(?:\s*\(([^)]*)\))?")
+
+
+def _policy_name(name: str, role: str) -> str:
+    # One set of policies per role, named within PostgreSQL's 63 characters.
+    return f"{name}_{hashlib.sha256(role.encode()).hexdigest()[:8]}"
 
 
 def grant_tracking_role(engine: Engine, role: str) -> list[str]:
     """Give PostgreSQL role ``role`` (which must exist) what the tracking service needs, and only
-    that (``TRACKING_ROLE_PRIVILEGES``, plus the use of ``tracking_logs``' id sequence); returns
-    the statements run. Run it after ``create_schema``, as the owner of the tables, again after
-    each upgrade (grants on a table rebuilt since are lost). Raises ``InvalidInput`` for a
-    role name that is not a plain identifier and ``ConfigurationError`` on SQLite (no roles).
+    that: ``TRACKING_ROLE_PRIVILEGES``, the use of ``tracking_logs``' id sequence, and the
+    row-level policies of ``TRACKING_ROLE_POLICIES`` on the values it may write; returns the
+    statements run. Run it after ``create_schema``, as the owner of the tables, and again after
+    each upgrade (a column added since gets no grant by itself). Raises ``InvalidInput`` for a
+    role name that is not a plain identifier, ``ConfigurationError`` on SQLite (no roles) and
+    when a privilege is still missing afterwards (PostgreSQL only warns when someone who may not
+    grant it runs GRANT: not the owner).
     """
     if engine.dialect.name != "postgresql":
         raise ConfigurationError("Only PostgreSQL has roles: on SQLite the tracking service uses the database file.")
@@ -685,10 +719,58 @@ def grant_tracking_role(engine: Engine, role: str) -> list[str]:
         raise InvalidInput(f"{role!r} is not a role name: letters, digits, _, $ and -, at most 63.")
     quoted = engine.dialect.identifier_preparer.quote(role)
     statements = [f"GRANT {privileges} ON {table} TO {quoted}" for privileges, table in TRACKING_ROLE_PRIVILEGES]
+    for table, policies in TRACKING_ROLE_POLICIES.items():
+        statements += [
+            f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
+            f"DROP POLICY IF EXISTS {EVERYONE_POLICY} ON {table}",
+            f"CREATE POLICY {EVERYONE_POLICY} ON {table} AS PERMISSIVE FOR ALL TO PUBLIC "
+            "USING (true) WITH CHECK (true)",
+        ]
+        for name, command, using, check in policies:
+            policy = _policy_name(name, role)
+            statements += [
+                f"DROP POLICY IF EXISTS {policy} ON {table}",
+                f"CREATE POLICY {policy} ON {table} AS RESTRICTIVE FOR {command} TO {quoted}"
+                + (f" USING ({using})" if using else "")
+                + f" WITH CHECK ({check})",
+            ]
     with engine.begin() as conn:
         sequence = conn.execute(text("SELECT pg_get_serial_sequence('tracking_logs', 'id')")).scalar()
         if sequence:
             statements.append(f"GRANT USAGE ON SEQUENCE {sequence} TO {quoted}")
-        for statement in statements:
-            conn.execute(text(statement))
+        try:
+            for statement in statements:
+                conn.execute(text(statement))
+        except ProgrammingError as exc:  # not the owner: permission denied, must be owner
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            raise ConfigurationError(
+                f"Cannot give role {role} the tracking privileges ({reason}): run grant-tracking as the owner of "
+                "the campaign tables."
+            ) from None
+        missing = tracking_privileges_missing(conn, role)
+    if missing:
+        raise ConfigurationError(
+            f"Role {role} still lacks {'; '.join(missing)}: run grant-tracking as the owner of the campaign tables."
+        )
     return statements
+
+
+def tracking_privileges_missing(conn: Connection, role: str | None = None) -> list[str]:
+    """What ``role`` (default: the connected one) lacks of ``TRACKING_ROLE_PRIVILEGES``, as
+    ``"UPDATE (blocklisted) on profiles"`` each; [] when nothing is missing, and on SQLite."""
+    if conn.dialect.name != "postgresql":
+        return []
+    who = role or conn.execute(text("SELECT current_user")).scalar_one()
+    missing = []
+    for privileges, table in TRACKING_ROLE_PRIVILEGES:
+        for privilege, columns in _PRIVILEGE.findall(privileges):
+            names = [column.strip() for column in columns.split(",")] if columns else [None]
+            for column in names:
+                if column is None:
+                    query, params = "SELECT has_table_privilege(:r, :t, :p)", {"r": who, "t": table, "p": privilege}
+                else:
+                    query = "SELECT has_column_privilege(:r, :t, :c, :p)"
+                    params = {"r": who, "t": table, "c": column, "p": privilege}
+                if not conn.execute(text(query), params).scalar_one():
+                    missing.append(f"{privilege}{f' ({column})' if column else ''} on {table}")
+    return missing

@@ -48,7 +48,10 @@ def create_app(engine_provider: Callable[[], Engine], secret_provider: Callable[
 
     @app.exception_handler(SQLAlchemyError)
     async def database_unavailable(_request: Request, exc: SQLAlchemyError) -> Response:
-        log.error("tracking: campaign database error: %s", exc.__class__.__name__)
+        # The driver's first line says what (permission denied for table …); its further lines
+        # and SQLAlchemy's text can carry the statement's values, tokens among them: not logged.
+        first = (str(getattr(exc, "orig", None) or "").strip().splitlines() or [""])[0]
+        log.error("tracking: campaign database error: %s%s", exc.__class__.__name__, f": {first}" if first else "")
         return PlainTextResponse("Temporarily unavailable", status_code=503, headers=NO_STORE)
 
     # HEAD answers as GET would (status and headers; the server sends no body) and is recorded as

@@ -54,6 +54,7 @@ from campaign import settings as env_settings
 from campaign.db import make_engine
 from campaign.errors import ConfigurationError
 from campaign.rendering import tracking_base_url
+from campaign.schema import tracking_privileges_missing
 from campaign.tokens import tracking_secret
 from campaign.web.tracking_app import NO_STORE, create_app
 
@@ -171,6 +172,16 @@ def open_database(settings: ServiceSettings) -> Engine:
             f"The campaign database {shown} has no table {', '.join(missing)}: create the tables with "
             "bin/campaign init-db (docker compose: the airflow-init service)."
         )
+    with engine.connect() as conn:
+        lacking = tracking_privileges_missing(conn)
+    if lacking:
+        # Otherwise the service would start, answer /healthz, and 503 every pixel and click.
+        engine.dispose()
+        role = settings.db_url.username or "(the connecting role)"
+        raise ConfigurationError(
+            f"The campaign database role {role} lacks {'; '.join(lacking)}: run bin/campaign grant-tracking "
+            f"{role} as the owner of the tables (docker compose: the airflow-init service)."
+        )
     return engine
 
 
@@ -180,15 +191,22 @@ def _reason(exc: SQLAlchemyError) -> str:
     return (lines[0] if lines else type(exc).__name__).rstrip(".")
 
 
-def database_answers(engine: Engine) -> bool:
-    """Whether the database answers a trivial query now (the health check)."""
+def database_problem(engine: Engine) -> str | None:
+    """Why the service cannot serve now, or None (the health check): the database does not
+    answer, or the role lacks a privilege the endpoints need (a grant revoked, a column added by
+    an upgrade without grant-tracking run again must turn the service unhealthy, not 503 every
+    recipient behind a green check)."""
     try:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("SELECT 1"))
+            lacking = tracking_privileges_missing(conn)
     except SQLAlchemyError as exc:
         log.warning("tracking service: campaign database unreachable: %s", _reason(exc))
-        return False
-    return True
+        return "campaign database unreachable"
+    if lacking:
+        log.warning("tracking service: the campaign database role lacks %s", "; ".join(lacking))
+        return "campaign database role lacks privileges: run bin/campaign grant-tracking"
+    return None
 
 
 def build_app(settings: ServiceSettings, engine: Engine) -> Starlette:
@@ -196,9 +214,10 @@ def build_app(settings: ServiceSettings, engine: Engine) -> Starlette:
     documentation or OpenAPI route exists beside them (the tracking app exposes none either)."""
 
     def healthz(_request: Request) -> Response:
-        if database_answers(engine):
+        problem = database_problem(engine)
+        if problem is None:
             return PlainTextResponse("ok", headers=NO_STORE)
-        return PlainTextResponse("campaign database unreachable", status_code=503, headers=NO_STORE)
+        return PlainTextResponse(problem, status_code=503, headers=NO_STORE)
 
     tracking = create_app(lambda: engine, lambda: settings.secret)
     # /healthz first: a tracking app mounted at the root would take every path otherwise.

@@ -664,6 +664,29 @@ def test_the_endpoints_work_with_only_the_tracking_roles_privileges(postgres_db,
                 ("hidden_link", "hidden_link"), ("unsubscribe", None),
             ]  # fmt: skip
             assert _blocklisted(site.engine)[site.bob] is True
+            delivery, alice = site.delivery, site.alice
+
+        # Row-level security: it may add what its endpoints add, and undo nothing.
+        with owner.begin() as conn:
+            conn.execute(
+                tracking_logs.insert().values(
+                    delivery_id=delivery, profile_id=alice, event_type="open", event_at=utcnow() - timedelta(days=1)
+                )
+            )
+        ids = {"d": delivery, "p": alice}
+        values_refused = [
+            "UPDATE profiles SET blocklisted = FALSE",  # everyone who unsubscribed mailable again
+            # the complaint rate is the bounce mailbox's
+            "INSERT INTO tracking_logs (delivery_id, profile_id, event_type, event_at) "
+            "VALUES (:d, :p, 'complaint', now())",
+            "UPDATE tracking_logs SET machine = FALSE",  # a machine verdict taken back
+        ]
+        for statement in values_refused:
+            with pytest.raises(ProgrammingError, match="row-level security"), restricted.begin() as conn:
+                conn.execute(text(statement), ids)
+        with restricted.begin() as conn:  # yesterday's events are out of its reach
+            stale = "UPDATE tracking_logs SET machine = TRUE WHERE event_at < now() - interval '1 hour'"
+            assert conn.execute(text(stale)).rowcount == 0
 
         refused = [
             "SELECT email FROM delivery_targets",

@@ -9,17 +9,20 @@ import signal
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import make_url, text
 from testsupport import free_port, wait_for
 
 from campaign import cli
 from campaign.db import make_engine
 from campaign.dev.tracking_process import ROOT, service_env
 from campaign.errors import ConfigurationError
+from campaign.schema import grant_tracking_role, tracking_privileges_missing
 from campaign.tokens import sign_token
 from campaign.web import tracking_service
 from campaign.web.tracking_service import ServiceSettings, build_app, load_settings, open_database
@@ -158,6 +161,66 @@ def test_a_database_without_the_tables_is_refused(tmp_path):
         "delivery_links, tracking_logs: create the tables with bin/campaign init-db "
         "(docker compose: the airflow-init service)."
     )
+
+
+def _role(owner, privileged: bool) -> str:
+    """A new login role on the test PostgreSQL, given the tracking privileges or none."""
+    role = f"tracker_{uuid.uuid4().hex[:12]}"
+    with owner.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+    if privileged:
+        grant_tracking_role(owner, role)
+    return role
+
+
+@pytest.mark.postgres
+def test_a_role_without_the_tracking_privileges_is_refused_at_start(postgres_db):
+    """Fresh-user finding: the service started, /healthz said ok, and every pixel was a 503."""
+    role = _role(postgres_db.engine, privileged=False)
+    url = make_url(postgres_db.url).set(username=role).render_as_string(hide_password=False)
+
+    with pytest.raises(ConfigurationError) as refused:
+        open_database(_settings(url))
+
+    message = str(refused.value)
+    assert message.startswith(f"The campaign database role {role} lacks SELECT (delivery_id) on delivery_targets; ")
+    assert message.endswith(f": run bin/campaign grant-tracking {role} as the owner of the tables (docker compose: "
+                            "the airflow-init service).")  # fmt: skip
+
+
+@pytest.mark.postgres
+def test_health_is_503_once_a_privilege_is_gone(postgres_db):
+    role = _role(postgres_db.engine, privileged=True)
+    url = make_url(postgres_db.url).set(username=role).render_as_string(hide_password=False)
+    engine = open_database(_settings(url))
+    try:
+        with TestClient(build_app(_settings(url), engine)) as client:
+            assert client.get("/healthz").status_code == 200
+            with postgres_db.engine.begin() as conn:  # an upgrade's new grant not given, say
+                conn.execute(text(f'REVOKE INSERT ON tracking_logs FROM "{role}"'))
+            response = client.get("/healthz")
+        assert (response.status_code, response.text) == (
+            503, "campaign database role lacks privileges: run bin/campaign grant-tracking",
+        )  # fmt: skip
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("granter_privileged", [False, True], ids=["stranger", "another-tracking-role"])
+def test_grant_tracking_by_someone_who_is_not_the_owner_says_so(postgres_db, granter_privileged):
+    """Fresh-user finding: run as a role that does not own the tables, it printed success and had
+    granted nothing (PostgreSQL only warns then)."""
+    granter = _role(postgres_db.engine, privileged=granter_privileged)
+    target = _role(postgres_db.engine, privileged=False)
+    as_granter = make_engine(make_url(postgres_db.url).set(username=granter))
+    try:
+        with pytest.raises(ConfigurationError, match=rf"^Cannot give role {target} the tracking privileges \("):
+            grant_tracking_role(as_granter, target)
+    finally:
+        as_granter.dispose()
+    with postgres_db.engine.connect() as conn:
+        assert tracking_privileges_missing(conn, target)  # nothing half-granted either
 
 
 # ---------------------------------------------------------------- the app: health, no docs, paths
