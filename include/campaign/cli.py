@@ -87,7 +87,7 @@ def cmd_profiles_import(args: argparse.Namespace) -> None:
 
 def cmd_profiles_history(args: argparse.Namespace) -> None:
     profile, history = profiles.profile_history(_engine(args), args.email)
-    state = "blocklisted" if profile["blocklisted"] else ("quarantined" if profile["quarantine_reason"] else "active")
+    state = profiles.profile_state(profile)
     print(f"profile {profile['id']} {profile['email']} ({state}): {len(history)} deliveries")
     if len(history):
         print(history.to_string(index=False))

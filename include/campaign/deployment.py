@@ -18,7 +18,7 @@ from campaign.clock import as_datetime, utcnow
 from campaign.db import sql
 from campaign.errors import DeliveryNotFound
 from campaign.operators import has_role
-from campaign.profiles import profile_history
+from campaign.profiles import profile_history, profile_state
 from campaign.schema import LOG_STATUSES, ROLE_START_DELIVERIES, check_delivery_id
 
 # The audit entries that say why a delivery is held: shown above its progress.
@@ -210,9 +210,7 @@ def profile_page(engine: Engine, email: str) -> dict[str, Any]:
         for name in ("confirmed_at", "sent_at", "bounced_at", "first_open_at", "first_click_at", "complained_at"):
             moment = as_datetime(record[name])
             record[name] = moment.isoformat() if moment else None
-    return {
-        "profile": {
-            k: profile[k] for k in ("id", "email", "first_name", "last_name", "blocklisted", "quarantine_reason")
-        },
-        "deliveries": records,
-    }
+    shown = {k: profile[k] for k in ("id", "email", "first_name", "last_name", "quarantine_reason")}
+    # SQLite hands a boolean back as 0/1: the JSON says true/false on both databases.
+    return {"profile": {**shown, "blocklisted": bool(profile["blocklisted"]), "state": profile_state(profile)},
+            "deliveries": records}  # fmt: skip

@@ -205,6 +205,15 @@ def _lookup_form(email: str) -> str:
         return email.strip().lower()
 
 
+def profile_state(profile: dict) -> str:
+    """``active``, ``blocklisted``, ``quarantined: <reason>`` or both, as the CLI and the
+    Deployment view say it: a profile can be both (a complaint after a hard bounce)."""
+    states = ["blocklisted"] if profile["blocklisted"] else []
+    if profile["quarantine_reason"]:
+        states.append(f"quarantined: {profile['quarantine_reason']}")
+    return " · ".join(states) or "active"
+
+
 def profile_history(engine: Engine, email: str) -> tuple[dict, pd.DataFrame]:
     """The profile with this address and every delivery it was targeted by (newest last)."""
     with engine.begin() as conn:

@@ -21,7 +21,7 @@ from bounce_mail import (
 )
 from sqlalchemy import Engine, text
 
-from campaign import bounces, stats
+from campaign import bounces, deployment, stats
 from campaign.bounces import (
     COMPLAINT,
     DELAYED,
@@ -562,6 +562,29 @@ def test_the_recipients_history_shows_the_dsn_and_the_complaint(campaign_db, rea
     assert row["bounced_at"] is not None and row["complained_at"] is None
     row = complainer_history.iloc[0]
     assert (row["send_status"], row["bounced_at"], row["complained_at"] is not None) == ("sent", None, True)
+
+
+def test_the_profile_page_says_both_states_and_no_send_time_for_a_message_that_never_left(campaign_db, ready_delivery):
+    # Fresh-user findings: a profile quarantined and blocklisted read "blocklisted" only; a row
+    # refused at the send showed a send time; SQLite's blocklisted came out as 1 in the JSON.
+    engine = campaign_db.engine
+    delivery_id, recipients = _sent_delivery(engine, 2, ready_delivery)
+    both, refused = recipients
+    for data in (postfix_dsn(both), feedback_report(both)):
+        assert apply_report(engine, read_report(data, SECRET)).changed is True
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE broad_logs SET status = 'bounced', failure_type = 'hard' WHERE profile_id = :p"),
+            {"p": refused.profile_id},
+        )
+
+    page = deployment.profile_page(engine, both.email)
+    never_left = deployment.profile_page(engine, refused.email)["deliveries"][0]
+
+    assert page["profile"]["blocklisted"] is True
+    assert page["profile"]["state"].startswith("blocklisted · quarantined: hard bounce (DSN) 5.1.1")
+    assert page["deliveries"][0]["sent_at"] is not None  # accepted, then bounced by DSN
+    assert (never_left["send_status"], never_left["sent_at"]) == ("bounced", None)
 
 
 # ---------------------------------------------------------------- the mailbox, against a real Dovecot
