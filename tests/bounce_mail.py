@@ -66,13 +66,19 @@ def original_message(sent: Sent) -> str:
 
 
 def postfix_dsn(
-    sent: Sent, kind: str = "hard", to: str | None = None, status: str | None = None, diagnostic: str | None = None
+    sent: Sent,
+    kind: str = "hard",
+    to: str | None = None,
+    status: str | None = None,
+    diagnostic: str | None = None,
+    forwarded_to: str | None = None,
 ) -> bytes:
     """Postfix's bounce(8): ``hard`` 550 5.1.1 user unknown; ``soft`` a message that stayed 5 days
     in the queue (``Action: failed``, ``Status: 4.4.1``); ``delayed`` the delay warning.
     ``status`` and ``diagnostic`` (the remote server's reply, ``550 5.7.1 …``) replace the
     kind's own, as Postfix writes a remote refusal: ``Status: 5.7.1``, ``Diagnostic-Code: smtp;
-    550 5.7.1 …``."""
+    550 5.7.1 …``. ``forwarded_to``: the recipient's mailbox forwarded the message there, and
+    that address failed: it is the Final-Recipient, the recipient's own the Original-Recipient."""
     to = to or sent.return_path
     boundary = "8C2E41A07B.1796033702/mx1.example.test"
     subject, action, status_of_kind, diagnostic_of_kind, human = {
@@ -143,7 +149,7 @@ def postfix_dsn(
         f"X-Postfix-Sender: rfc822; {sent.return_path}\n"
         "Arrival-Date: Mon, 30 Nov 2026 10:14:58 +0000 (UTC)\n"
         "\n"
-        f"Final-Recipient: rfc822; {sent.email}\n"
+        f"Final-Recipient: rfc822; {forwarded_to or sent.email}\n"
         f"Original-Recipient: rfc822;{sent.email}\n"
         f"Action: {action}\n"
         f"Status: {status}\n"
@@ -397,17 +403,20 @@ def feedback_report(
     user_agent: str = "Yahoo!-Mail-Feedback/2.0",
     original_mail_from: bool = True,
     return_path_in_original: bool = True,
+    original_rcpt_to: str | None = "redacted@example.test",
 ) -> bytes:
     """An ARF report as a mailbox provider's feedback loop sends it to the sender's FBL address
     (not to the return path): the report fields, then the original, its recipient redacted as
     Microsoft's JMRP does. ``original_mail_from``/``return_path_in_original`` take away the
-    return path, leaving only the Message-ID to map by."""
+    return path, leaving only the Message-ID to map by. ``original_rcpt_to``: the recipient the
+    report names, None when the provider leaves the field out."""
     boundary = "----=_Part_1247863_1918416612.1796033702"
     headers = original_headers(sent)
     if not return_path_in_original:
         headers = "\n".join(line for line in headers.split("\n") if not line.startswith("Return-Path:"))
     headers = headers.replace(f"To: {sent.email}", "To: redacted@example.test")
     mail_from = f"Original-Mail-From: <{sent.return_path}>\n" if original_mail_from else ""
+    rcpt_to = f"Original-Rcpt-To: <{original_rcpt_to}>\n" if original_rcpt_to else ""
     return _crlf(
         "Return-Path: <feedback@arf.mail.example.test>\n"
         "Delivered-To: fbl@shop.test\n"
@@ -434,7 +443,7 @@ def feedback_report(
         f"User-Agent: {user_agent}\n"
         "Version: 1\n"
         f"{mail_from}"
-        "Original-Rcpt-To: <redacted@example.test>\n"
+        f"{rcpt_to}"
         "Arrival-Date: Mon, 30 Nov 2026 10:14:58 +0000\n"
         "Reported-Domain: shop.test\n"
         "Source-IP: 192.0.2.10\n"

@@ -18,7 +18,8 @@ Reading one message:
   signed like the return path, in the ``message/rfc822`` or ``text/rfc822-headers`` part, RFC
   3462 / RFC 6522) names the row, only when its MAC is right and the row was sent with exactly
   that Message-ID: anyone can mail the bounce mailbox, and a guessable id would let them
-  quarantine or blocklist any recipient.
+  quarantine or blocklist any recipient. And a report mapped by Message-ID that names another
+  recipient than the row's is unusable (``_names_another_recipient``).
 - **What happened.** ``flufl.bounce`` (GNU Mailman's detector, RFC 3464 and the non-standard
   shapes of many servers) recognises a bounce; the ``message/delivery-status`` part's
   per-recipient fields say how (RFC 3464 2.3.3, 2.3.4): ``Action: failed`` is a hard or soft
@@ -33,7 +34,8 @@ Reading one message:
 - **Unusable** (kept in the Unusable folder, counted by reason): not a bounce (an auto-reply, a
   person's answer, a success notice, a DSN whose failure has a success status), unknown delivery
   (nothing names a row we sent), truncated (a report cut before its fields), forged return path
-  or Message-ID, a feedback report of another type, a report for a message that never left.
+  or Message-ID, recipient mismatch, a feedback report of another type, a report for a message
+  that never left. Each gets a task-log line (the first ``UNUSABLE_LISTED`` of a run).
 
 Applying: a hard or soft bounce turns the row from ``sent`` into ``bounced`` (only from ``sent``:
 a report read twice changes nothing), with the DSN's status and diagnostic; a hard DSN after a
@@ -59,7 +61,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.header import decode_header
 from email.message import Message
-from email.parser import HeaderParser
+from email.parser import BytesHeaderParser, HeaderParser
 from email.utils import getaddresses
 from typing import NamedTuple
 
@@ -70,6 +72,7 @@ from campaign import stats
 from campaign.clock import utcnow
 from campaign.db import sql
 from campaign.errors import MailboxUnavailable
+from campaign.profiles import lookup_form
 from campaign.qualification import STATUS, failure_type, reply_status
 from campaign.return_path import read_return_path
 from campaign.tokens import verify_token
@@ -92,9 +95,11 @@ FORGED_MESSAGE_ID = "forged Message-ID"
 NOT_A_COMPLAINT = "feedback not a complaint"
 UNREADABLE = "unreadable"
 NOT_SENT = "message not sent"  # it names a row whose message the relay never accepted
+# Mapped by Message-ID, but about another recipient than the row's: see _names_another_recipient.
+RECIPIENT_MISMATCH = "recipient mismatch"
 UNUSABLE_REASONS = (
     NOT_A_BOUNCE, UNKNOWN_DELIVERY, TRUNCATED, FORGED_RETURN_PATH, FORGED_MESSAGE_ID, NOT_A_COMPLAINT, UNREADABLE,
-    NOT_SENT,
+    NOT_SENT, RECIPIENT_MISMATCH,
 )  # fmt: skip
 
 # RFC 5965 7.3 registers abuse, fraud, other, virus; RFC 6430 adds not-spam, RFC 6591 auth-failure.
@@ -127,8 +132,9 @@ class Report:
     sending-log row it names (None when unusable); ``mapped_by``: ``return_path`` or
     ``message_id``; ``message_id``: the enclosed original's Message-ID (angle brackets kept);
     ``dsn_status`` (``5.1.1``), ``diagnostic`` (the Diagnostic-Code's text), ``recipient`` (the
-    DSN's Final-Recipient or the report's Original-Rcpt-To), ``feedback_type``, ``user_agent``
-    (the feedback report's, RFC 5965 3.1).
+    DSN's Final-Recipient or the report's Original-Rcpt-To), ``original_recipient`` (the DSN's
+    Original-Recipient, RFC 3464 2.3.1: the address as the sender gave it, before forwarding),
+    ``feedback_type``, ``user_agent`` (the feedback report's, RFC 5965 3.1).
     """
 
     kind: str
@@ -140,6 +146,7 @@ class Report:
     dsn_status: str | None = None
     diagnostic: str | None = None
     recipient: str | None = None
+    original_recipient: str | None = None
     feedback_type: str | None = None
     user_agent: str | None = None
 
@@ -364,7 +371,7 @@ def _read_report(data: bytes, secret: bytes) -> Report:
         return Report(COMPLAINT, recipient=recipient, feedback_type=feedback_type, user_agent=user_agent, **mapped)
 
     blocks, has_status_part = _delivery_status_blocks(msg)
-    kind = status = diagnostic = recipient = None
+    kind = status = diagnostic = recipient = original_recipient = None
     for block in blocks:
         found = STATUS.search(str(block.get("Status", "")))
         block_status = found.group(0) if found else None
@@ -373,6 +380,7 @@ def _read_report(data: bytes, secret: bytes) -> Report:
         if block_kind and _SEVERITY[block_kind] > _SEVERITY.get(kind or "", 0):
             kind, status, diagnostic = block_kind, block_status, block_diagnostic
             recipient = _field_value(block.get("Final-Recipient") or block.get("Original-Recipient"))
+            original_recipient = _field_value(block.get("Original-Recipient"))
     if has_status_part and truncated and (not blocks or (kind is not None and status is None)):
         # Cut inside the delivery-status part: no recipient block, or one without its Status
         # (a required field, RFC 3464 2.3.4): what happened cannot be told.
@@ -409,7 +417,14 @@ def _read_report(data: bytes, secret: bytes) -> Report:
         return _unusable(reason or UNKNOWN_DELIVERY, dsn_status=status)
     if diagnostic and len(diagnostic) > _DIAGNOSTIC_LIMIT:
         diagnostic = diagnostic[: _DIAGNOSTIC_LIMIT - 1] + "…"
-    return Report(kind, dsn_status=status, diagnostic=diagnostic, recipient=recipient, **mapped)
+    return Report(
+        kind,
+        dsn_status=status,
+        diagnostic=diagnostic,
+        recipient=recipient,
+        original_recipient=original_recipient,
+        **mapped,
+    )
 
 
 # ---------------------------------------------------------------- applying
@@ -417,13 +432,15 @@ def _read_report(data: bytes, secret: bytes) -> Report:
 
 class Applied(NamedTuple):
     """What applying one report did: ``report`` (made unusable when no row we sent matches it),
-    ``changed`` (the delivery's figures moved), and whether this report ``quarantined`` or
-    ``blocklisted`` the profile (False when it was already)."""
+    ``changed`` (the delivery's figures moved), whether this report ``quarantined`` or
+    ``blocklisted`` the profile (False when it was already), and whether a hard DSN
+    ``upgraded`` a row an earlier DSN had bounced soft (``changed`` too)."""
 
     report: Report
     changed: bool
     quarantined: bool = False
     blocklisted: bool = False
+    upgraded: bool = False
 
 
 def _bounce_reason(report: Report) -> str:
@@ -438,6 +455,27 @@ def _quarantine_reason(report: Report) -> str:
     return f"{why}: {' '.join(report.diagnostic.split())}" if report.diagnostic else why
 
 
+def _names_another_recipient(report: Report, row_email: str) -> bool:
+    """Whether a report mapped by the enclosed Message-ID is about another recipient than the row's.
+
+    A Message-ID travels with the message: a DSN or feedback report about recipient B may enclose
+    a copy of A's message (A forwarded it, or B was handed a copy), and applying it would
+    quarantine or blocklist A for B's mailbox. The signed return path needs no such check: it is
+    the envelope sender of A's message alone, so the report came back for A's copy. Forwarded
+    mail that bounces names the address after forwarding in Final-Recipient (RFC 3464 2.3.2);
+    the address we sent to is then in Original-Recipient (2.3.1, when the forwarder passed it
+    on as ORCPT, RFC 3461 4.2), and is accepted; without it, only the return path can tell the
+    two apart. A report naming no recipient stays usable: feedback loops often leave
+    Original-Rcpt-To out to protect the recipient (RFC 6590). Compared in the stored form
+    (``profiles.lookup_form``: case, and the A-label domain a server writes, ``xn--…``, as the
+    Unicode one the profile keeps).
+    """
+    named = [address.strip().strip("<>") for address in (report.recipient, report.original_recipient) if address]
+    if report.mapped_by != "message_id" or not named:
+        return False
+    return lookup_form(row_email or "") not in {lookup_form(address) for address in named}
+
+
 def apply_report(engine: Engine, report: Report, now: datetime | None = None) -> Applied:
     """Apply one report in one transaction.
 
@@ -445,7 +483,8 @@ def apply_report(engine: Engine, report: Report, now: datetime | None = None) ->
     or ``bounced`` by an earlier DSN (``bounced_at``). A report naming any other row (bounced or
     failed at the send, ignored, cancelled: no message left) changes nothing and is made
     ``unusable: message not sent``; one naming no row we sent is made ``unusable: unknown
-    delivery``. Hard or soft bounce: a ``sent`` row becomes ``bounced`` with the DSN's status
+    delivery``; one mapped by Message-ID about another recipient ``unusable: recipient
+    mismatch``. Hard or soft bounce: a ``sent`` row becomes ``bounced`` with the DSN's status
     and diagnostic; a hard one turns a row an earlier DSN bounced soft into hard, and
     quarantines the profile (soft bounces never do). A row bounced already otherwise stays as
     it is (a report read again, a soft DSN after a hard one). Complaint: one ``complaint``
@@ -464,9 +503,12 @@ def apply_report(engine: Engine, report: Report, now: datetime | None = None) ->
         if not known:
             # No row, or a Message-ID the row was not sent with (someone guessed the pattern).
             return Applied(_unusable(UNKNOWN_DELIVERY, dsn_status=report.dsn_status), False)
+        if _names_another_recipient(report, row["email"]):
+            mismatch = _unusable(RECIPIENT_MISMATCH, dsn_status=report.dsn_status, recipient=report.recipient)
+            return Applied(mismatch, False)
         if not (row["status"] == "sent" or (row["status"] == "bounced" and row["bounced_at"] is not None)):
             return Applied(_unusable(NOT_SENT, dsn_status=report.dsn_status, **ids), False)
-        changed = quarantined = blocklisted = False
+        changed = quarantined = blocklisted = upgraded = False
         if report.kind in (HARD, SOFT):
             bounce = {
                 "log_id": row["id"],
@@ -480,7 +522,7 @@ def apply_report(engine: Engine, report: Report, now: datetime | None = None) ->
             if report.kind == HARD and not changed:
                 # Soft first (a full mailbox), hard later (the account closed): the row is hard
                 # now, as the profile is about to be quarantined. Hard already: nothing to do.
-                changed = conn.execute(sql("upgrade_async_bounce"), bounce).rowcount == 1
+                upgraded = changed = conn.execute(sql("upgrade_async_bounce"), bounce).rowcount == 1
             if report.kind == HARD:
                 # Every hard DSN quarantines, even for a row that had bounced already: the
                 # address does not take mail. quarantine_profile.sql keeps the first reason.
@@ -498,7 +540,7 @@ def apply_report(engine: Engine, report: Report, now: datetime | None = None) ->
                 == 1
             )
             blocklisted = conn.execute(sql("blocklist_profile"), ids).rowcount == 1
-    return Applied(report, changed, quarantined, blocklisted)
+    return Applied(report, changed, quarantined, blocklisted, upgraded)
 
 
 # ---------------------------------------------------------------- the mailbox
@@ -508,6 +550,11 @@ UNUSABLE_FOLDER = "Unusable"
 DEFAULT_MAX_MESSAGES = 2000  # per run; the rest waits ten minutes, so a flood cannot stall a run
 MOVE_BATCH = 100
 DELIVERIES_NAMED = 10  # delivery ids the summary line names before "and N more"
+# Unusable messages given a task-log line each per run; a flood of junk mail must not fill the log.
+UNUSABLE_LISTED = 20
+# Someone mailing reports about rows they have no right to name: a WARNING, the others INFO.
+_SUSPICIOUS = (FORGED_RETURN_PATH, FORGED_MESSAGE_ID, RECIPIENT_MISMATCH)
+_LOGGED_CHARACTERS = 80  # of a Message-ID, Subject or From address in that line
 
 
 @dataclass
@@ -518,6 +565,9 @@ class MailboxSummary:
     read: int = 0
     outcomes: Counter = field(default_factory=Counter)
     unchanged: int = 0  # bounces and complaints already applied (mail read again), not in outcomes
+    # Hard DSNs (in outcomes) that turned a row bounced soft into hard: that row was counted once
+    # already, as soft, when its soft DSN was read (this run or an earlier one).
+    upgraded: int = 0
     quarantined: int = 0  # profiles this run quarantined (not those quarantined before)
     blocklisted: int = 0  # profiles this run blocklisted
     deliveries: set[int] = field(default_factory=set)
@@ -535,8 +585,9 @@ class MailboxSummary:
         unusable = self.unusable()
         reasons = ", ".join(f"{reason} {count}" for reason, count in unusable.items() if count) or "none"
         dsns = self.count(HARD) + self.count(SOFT) + self.count(DELAYED)
+        upgraded = f" ({self.upgraded} upgraded from soft)" if self.upgraded else ""
         return (
-            f"process_bounces: {self.read} messages read, {dsns} DSNs (hard {self.count(HARD)}, "
+            f"process_bounces: {self.read} messages read, {dsns} DSNs (hard {self.count(HARD)}{upgraded}, "
             f"soft {self.count(SOFT)}, delayed {self.count(DELAYED)}), {self.count(COMPLAINT)} complaints, "
             f"{sum(unusable.values())} unusable ({reasons}), {self.unchanged} already applied, "
             f"profiles quarantined {self.quarantined} and blocklisted {self.blocklisted}, "
@@ -560,6 +611,7 @@ class MailboxSummary:
         return {
             "read": self.read,
             "hard": self.count(HARD),
+            "upgraded_from_soft": self.upgraded,
             "soft": self.count(SOFT),
             "delayed": self.count(DELAYED),
             "complaints": self.count(COMPLAINT),
@@ -569,6 +621,36 @@ class MailboxSummary:
             "blocklisted": self.blocklisted,
             "deliveries": sorted(self.deliveries),
         }
+
+
+def _short(text: str) -> str:
+    """Header text fit for one log line: white space collapsed, control characters (a forged
+    header may carry them to fake log lines) as ``?``, cut at ``_LOGGED_CHARACTERS``."""
+    text = "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))
+    return text if len(text) <= _LOGGED_CHARACTERS else text[: _LOGGED_CHARACTERS - 1] + "…"
+
+
+def _log_unusable(uid: bytes, data: bytes, reason: str) -> None:
+    """One task-log line saying why this message goes to Unusable, and which message it is (its
+    UID in the inbox, its Message-ID, else its Subject, its From address): the summary line
+    only counts them, and whoever looks into the Unusable folder needs to find it."""
+    try:
+        headers = BytesHeaderParser().parsebytes(data)
+        message_id = _header_text(headers.get("Message-ID", ""))
+        subject = _header_text(headers.get("Subject", ""))
+        sender = _header_text(headers.get("From", ""))
+    except Exception:  # headers no parser makes sense of: say so, the line is logged all the same
+        message_id = subject = sender = ""
+    sender = next((address for _, address in getaddresses([sender]) if address), sender)
+    which = f"Message-ID {_short(message_id)}" if message_id.strip() else f"Subject {_short(subject) or '(none)'!r}"
+    log.log(
+        logging.WARNING if reason in _SUSPICIOUS else logging.INFO,
+        "unusable message UID %s, %s, From %s: %s",
+        uid.decode("ascii", "replace"),
+        which,
+        _short(sender) or "(none)",
+        reason,
+    )
 
 
 def _ok(reply: tuple[str, list], what: str) -> list:
@@ -658,6 +740,7 @@ def process_mailbox(
         _ok(client.select(inbox), f"SELECT {inbox}")
         uids = _ok(client.uid("SEARCH", None, "UNDELETED"), "SEARCH")[0].split()[:max_messages]
     destinations: dict[str, list[bytes]] = {PROCESSED_FOLDER: [], UNUSABLE_FOLDER: []}
+    unlisted: Counter = Counter()  # unusable messages past UNUSABLE_LISTED, by log level
     try:
         for uid in uids:
             with _imap_errors("FETCH"):
@@ -666,17 +749,26 @@ def process_mailbox(
             if data is None:  # expunged meanwhile by someone else
                 continue
             summary.read += 1
-            report, changed, quarantined, blocklisted = apply_report(engine, read_report(data, secret))
+            report, changed, quarantined, blocklisted, upgraded = apply_report(engine, read_report(data, secret))
             summary.quarantined += quarantined
             summary.blocklisted += blocklisted
+            summary.upgraded += upgraded
             if changed:
                 summary.deliveries.add(report.delivery_id)
             if changed or report.kind not in (HARD, SOFT, COMPLAINT):
                 summary.outcomes[report.outcome] += 1
             else:  # each message is counted once: a report read again is not a new bounce
                 summary.unchanged += 1
+            if report.kind == UNUSABLE:
+                if len(destinations[UNUSABLE_FOLDER]) < UNUSABLE_LISTED:
+                    _log_unusable(uid, data, report.reason or UNREADABLE)
+                else:
+                    unlisted[logging.WARNING if report.reason in _SUSPICIOUS else logging.INFO] += 1
             destinations[UNUSABLE_FOLDER if report.kind == UNUSABLE else PROCESSED_FOLDER].append(uid)
     finally:
+        if unlisted:
+            # At WARNING when a forged one is among them: the level must not hide it.
+            log.log(max(unlisted), "and %d more unusable messages not listed", sum(unlisted.values()))
         # File what was committed, also when a later message hit a database error; and bring
         # the KPIs of what changed up to date then too: the next run finds those messages filed
         # and would not recompute them.

@@ -197,8 +197,9 @@ def import_profiles_csv(engine: Engine, path: str | Path) -> ImportReport:
     return report
 
 
-def _lookup_form(email: str) -> str:
-    """The stored form of a typed address; a malformed one is looked up as typed (and not found)."""
+def lookup_form(email: str) -> str:
+    """The stored form of a typed (or received) address; a malformed one is looked up as typed,
+    lower-cased (and not found)."""
     try:
         return normalize_email(email)
     except InvalidAddress:
@@ -217,7 +218,7 @@ def profile_state(profile: dict) -> str:
 def profile_history(engine: Engine, email: str) -> tuple[dict, pd.DataFrame]:
     """The profile with this address and every delivery it was targeted by (newest last)."""
     with engine.begin() as conn:
-        profile = conn.execute(sql("select_profile_by_email"), {"email": _lookup_form(email)}).mappings().first()
+        profile = conn.execute(sql("select_profile_by_email"), {"email": lookup_form(email)}).mappings().first()
         if profile is None:
             raise InvalidInput(f"No profile has the address {email!r}.")
         rows = conn.execute(sql("profile_history"), {"profile_id": profile["id"]}).mappings().all()

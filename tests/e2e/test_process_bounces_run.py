@@ -91,6 +91,16 @@ def test_bounces_and_complaints_of_a_real_send_reach_the_logs_and_kpis(
         "Unusable ("
     )
 
+    # Which message went to Unusable and why, one line each in the task log; a forgery as a warning.
+    unusable = [(r.levelname, r.getMessage()) for r in caplog.records if r.getMessage().startswith("unusable message")]
+    assert [(level, line.rsplit(": ", 1)[1]) for level, line in unusable] == [
+        ("INFO", "not a bounce"),
+        ("INFO", "unknown delivery"),
+        ("INFO", "truncated"),
+        ("WARNING", "forged return path"),
+    ]
+    assert unusable[0][1].startswith("unusable message UID 8, Message-ID <oof.1796033702@example.test>, From ")
+
     logs = broad_logs(engine, audience.delivery_id)
     assert {(logs[s.email]["status"], logs[s.email]["failure_type"]) for s in hard} == {("bounced", "hard")}
     assert [logs[s.email]["dsn_status"] for s in hard] == ["5.1.1", "5.1.1", "5.0.0"]

@@ -31,6 +31,7 @@ from campaign.bounces import (
     NOT_A_BOUNCE,
     NOT_A_COMPLAINT,
     NOT_SENT,
+    RECIPIENT_MISMATCH,
     SOFT,
     TRUNCATED,
     UNKNOWN_DELIVERY,
@@ -465,7 +466,7 @@ def test_8bit_text_in_a_diagnostic_code_is_kept_as_the_server_wrote_it(campaign_
         data = postfix_dsn(one).replace(b"Recipient address rejected: User\r\n    unknown", words.encode(encoding))
         assert words.encode(encoding) in data
 
-        report, changed, _, _ = apply_report(engine, read_report(data, SECRET))
+        report, changed, *_ = apply_report(engine, read_report(data, SECRET))
 
         assert changed is True
         assert f"<{one.email}>: {words} in virtual mailbox table" in report.diagnostic, report.diagnostic
@@ -519,7 +520,9 @@ def test_a_guessed_message_id_touches_nothing(campaign_db, ready_delivery):
     assert _profile(engine, victim.profile_id)["quarantine_reason"] is None
     assert _complaints(engine, delivery_id) == 0
     # The real one still maps without a return path.
-    real = apply_report(engine, read_report(feedback_report(without_return_path(victim)), SECRET))
+    real = apply_report(
+        engine, read_report(feedback_report(without_return_path(victim), original_rcpt_to=victim.email), SECRET)
+    )
     assert (real.report.kind, real.report.mapped_by) == (COMPLAINT, "message_id")
     assert (real.changed, real.blocklisted) == (True, True)
 
@@ -544,6 +547,58 @@ def test_a_forged_return_path_touches_nothing(campaign_db, ready_delivery):
     assert _log(engine, victim)["status"] == "sent"
     assert _profile(engine, victim.profile_id)["blocklisted"] is False
     assert _complaints(engine, delivery_id) == 0
+
+
+def test_a_report_about_another_recipient_enclosing_a_real_message_id_touches_nothing(campaign_db, ready_delivery):
+    # User-test finding: without a return path, a DSN about B (Final-Recipient) or a feedback
+    # report naming B (Original-Rcpt-To) that enclosed A's real signed Message-ID quarantined or
+    # blocklisted A.
+    engine = campaign_db.engine
+    delivery_id, recipients = _sent_delivery(engine, 3, ready_delivery)
+    victim, other = recipients[0], recipients[1]
+    about_other = Sent(delivery_id, victim.profile_id, other.email, "news@shop.test", victim.message_id)
+    reports = [
+        postfix_dsn(about_other),
+        microsoft_dsn(about_other),
+        feedback_report(without_return_path(victim), original_rcpt_to=other.email),
+    ]
+
+    results = [apply_report(engine, read_report(data, SECRET)) for data in reports]
+
+    assert [(a.report.kind, a.report.reason, a.changed) for a in results] == [(UNUSABLE, RECIPIENT_MISMATCH, False)] * 3
+    assert all(not (a.quarantined or a.blocklisted) for a in results)
+    assert _log(engine, victim)["status"] == "sent"
+    assert _profile(engine, victim.profile_id)["quarantine_reason"] is None
+    assert _profile(engine, victim.profile_id)["blocklisted"] is False
+    assert _complaints(engine, delivery_id) == 0
+
+
+def test_a_report_naming_the_recipient_or_no_one_still_maps_by_message_id(campaign_db, ready_delivery, add_profiles):
+    engine = campaign_db.engine
+    add_profiles(engine, ["ann@bücher.test"])
+    delivery_id, recipients = _sent_delivery(engine, 3, ready_delivery)
+    ann = next(one for one in recipients if one.email == "ann@bücher.test")
+    forwarder, complainer = [without_return_path(one) for one in recipients if one is not ann][:2]
+    # Ann's address as a server writes it: in capitals, its domain as the A-label (RFC 5891).
+    ann_on_the_wire = Sent(delivery_id, ann.profile_id, "ANN@XN--BCHER-KVA.test", "news@shop.test", ann.message_id)
+
+    results = [
+        apply_report(engine, read_report(data, SECRET))
+        for data in (
+            postfix_dsn(ann_on_the_wire),
+            # Forwarded: the address it was forwarded to failed; Original-Recipient is ours.
+            postfix_dsn(forwarder, forwarded_to="elsewhere@forward.test"),
+            feedback_report(complainer, original_rcpt_to=None),  # the provider left the recipient out
+        )
+    ]
+
+    assert [(a.report.kind, a.report.mapped_by, a.changed) for a in results] == [
+        (HARD, "message_id", True),
+        (HARD, "message_id", True),
+        (COMPLAINT, "message_id", True),
+    ]
+    assert _profile(engine, ann.profile_id)["quarantine_reason"].startswith("hard bounce (DSN) 5.1.1")
+    assert _profile(engine, complainer.profile_id)["blocklisted"] is True
 
 
 def test_the_recipients_history_shows_the_dsn_and_the_complaint(campaign_db, ready_delivery):
@@ -621,7 +676,7 @@ def test_the_mailbox_round_trip_files_everything_and_deletes_nothing(campaign_db
     assert (summary.count(HARD), summary.count(SOFT), summary.count(DELAYED), summary.count(COMPLAINT)) == (3, 1, 1, 1)
     assert summary.unusable() == {
         NOT_A_BOUNCE: 1, UNKNOWN_DELIVERY: 1, TRUNCATED: 1, FORGED_RETURN_PATH: 1, NOT_A_COMPLAINT: 0, "unreadable": 0,
-        NOT_SENT: 0, FORGED_MESSAGE_ID: 0,
+        NOT_SENT: 0, FORGED_MESSAGE_ID: 0, RECIPIENT_MISMATCH: 0,
     }  # fmt: skip
     assert summary.unchanged == 1 and summary.deliveries == {delivery_id}
     assert (summary.quarantined, summary.blocklisted) == (3, 1)
@@ -656,6 +711,62 @@ def test_the_mailbox_round_trip_files_everything_and_deletes_nothing(campaign_db
         again = process_mailbox(client, engine, SECRET)
     assert (again.read, again.unchanged, again.deliveries) == (7, 6, set())  # all but the delay
     assert _kpis(engine, delivery_id)["delivered"] == 4 and _complaints(engine, delivery_id) == 1
+
+
+def test_each_unusable_message_gets_a_log_line_saying_why_up_to_a_cap(campaign_db, ready_delivery, imap_server, caplog):
+    # User-test finding: only the summary counted unusable mail; nothing said which message went
+    # to Unusable and why. Junk by the thousand must not fill the task log, though.
+    engine = campaign_db.engine
+    delivery_id, recipients = _sent_delivery(engine, 2, ready_delivery)
+    victim = recipients[0]
+    forged = Sent(delivery_id, victim.profile_id, victim.email, victim.return_path.replace(".", ".0", 1),
+                  victim.message_id)  # fmt: skip
+    about_other = Sent(delivery_id, victim.profile_id, recipients[1].email, "news@shop.test", victim.message_id)
+    imap_server.append(postfix_dsn(forged))
+    imap_server.append(postfix_dsn(about_other))
+    imap_server.append(auto_reply(victim))
+    junk = [f"From: Bot {n} <bot{n}@spam.test>\r\nSubject: offer {n}\r\n\r\nbuy\r\n".encode() for n in range(19)]
+    for data in junk:
+        imap_server.append(data)
+    imap_server.append(postfix_dsn(forged))  # the 23rd: past the cap
+
+    with imap_server.client() as client, caplog.at_level(logging.INFO, logger="campaign.bounces"):
+        summary = process_mailbox(client, engine, SECRET)
+
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "campaign.bounces"]
+    assert summary.moved[bounces.UNUSABLE_FOLDER] == 23
+    assert lines[:3] == [
+        ("WARNING", "unusable message UID 1, Message-ID <20261130101502.8C2E41A07B@mx1.example.test>, "
+                    "From MAILER-DAEMON@mx1.example.test: forged return path"),
+        ("WARNING", "unusable message UID 2, Message-ID <20261130101502.8C2E41A07B@mx1.example.test>, "
+                    "From MAILER-DAEMON@mx1.example.test: recipient mismatch"),
+        ("INFO", f"unusable message UID 3, Message-ID <oof.1796033702@example.test>, From {victim.email}: "
+                 "not a bounce"),
+    ]  # fmt: skip
+    assert lines[3] == ("INFO", "unusable message UID 4, Subject 'offer 0', From bot0@spam.test: not a bounce")
+    assert len(lines) == 21
+    assert lines[19][1].startswith("unusable message UID 20, Subject 'offer 16',")
+    # Three not listed, a forged one among them: the line is a warning too.
+    assert lines[20] == ("WARNING", "and 3 more unusable messages not listed")
+
+
+def test_the_summary_line_says_when_a_hard_dsn_upgraded_a_soft_bounce(campaign_db, ready_delivery, imap_server):
+    # User-test finding: a soft then a hard DSN for one recipient in one run read "hard 1, soft 1"
+    # while one row bounced; the line now says the hard one upgraded the soft one.
+    engine = campaign_db.engine
+    delivery_id, recipients = _sent_delivery(engine, 2, ready_delivery)
+    imap_server.append(microsoft_dsn(recipients[0], "soft"))
+    imap_server.append(postfix_dsn(recipients[0]))
+    imap_server.append(postfix_dsn(recipients[1]))
+
+    with imap_server.client() as client:
+        summary = process_mailbox(client, engine, SECRET)
+
+    assert (summary.count(HARD), summary.count(SOFT), summary.upgraded) == (2, 1, 1)
+    assert "3 DSNs (hard 2 (1 upgraded from soft), soft 1, delayed 0)" in summary.summary_line()
+    assert summary.as_dict()["upgraded_from_soft"] == 1
+    kpis = _kpis(engine, delivery_id)
+    assert (kpis["hard_bounces"], kpis["soft_bounces"]) == (2, 0)
 
 
 def _filing_commands(server) -> list[str]:
