@@ -72,6 +72,9 @@ def test_sends_every_target_once_and_kpis_match_the_server(campaign_db, smtp_sin
     assert {(logs[a]["status"], logs[a]["failure_type"], logs[a]["smtp_code"]) for a in audience.soft} == {
         ("bounced", "soft", 451)
     }
+    # The reason names the enhanced status that qualified the refusal (the Deployment view shows it).
+    assert {logs[a]["reason"] for a in audience.hard} == {"recipient refused 5.1.1"}
+    assert {logs[a]["reason"] for a in audience.soft} == {"temporary failure, retries exhausted 4.3.0"}
     assert {(logs[a]["status"], logs[a]["reason"]) for a in audience.malformed} == {("failed", "malformed address")}
     assert {logs[a]["status"] for a in audience.ignored} == {"ignored"}
     assert quarantined(engine, audience.hard + audience.soft) == set(audience.hard)
