@@ -161,14 +161,17 @@ def confirm_send():
         engine = campaign_engine()
         confirm.require_owned_by_run(engine, params["delivery_id"], run_id)
         cancelled = confirm.cancel_if_stopped(engine, params["delivery_id"], run_id)
-        kpis = stats.compute_kpis(engine, params["delivery_id"])
+        # Tracking events recorded while it sent are folded first (up to the lag), as Compute stats does.
+        aggregated = stats.aggregate_kpis(engine, params["delivery_id"], stats.lag_seconds_from_env())
+        kpis = aggregated.kpis
         status = confirm.finish_send(engine, params["delivery_id"], run_id, kpis)
         stopped = f" (stopped: {cancelled:,} recipients cancelled)" if status == "stopped" else ""
         log.info(
-            "aggregate_kpis: delivery %s is %s%s\n%s",
+            "aggregate_kpis: delivery %s is %s%s; %s pending tracking events folded first\n%s",
             params["delivery_id"],
             status,
             stopped,
+            aggregated.folded.events,
             confirm.format_kpi_table(kpis),
         )
         if status == "failed":

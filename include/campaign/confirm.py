@@ -287,30 +287,44 @@ def raise_unserved(delivery_id: int, kpis: dict[str, Any]) -> None:
 
 
 def format_kpi_table(kpis: dict[str, Any]) -> str:
-    """A fixed-width table of the KPIs for the task log."""
+    """A fixed-width table of the KPIs for the task log: each count with its rate beside it.
+
+    The delivered and bounces + errors rates are of processed; the engagement and complaint
+    rates are of delivered (the KPIs count delivered recipients only)."""
+
+    def count(value: int | None) -> str:
+        return "n/a" if value is None else f"{value:,}"
 
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2%}"
 
     rows = [
-        ("to deliver", kpis["to_deliver"]),
-        ("processed", kpis["processed"]),
-        ("delivered", kpis["delivered"]),
-        ("bounces + errors", kpis["bounces_errors"]),
-        ("  hard bounces", kpis["hard_bounces"]),
-        ("  soft bounces", kpis["soft_bounces"]),
-        ("  errors", kpis["errors"]),
-        ("ignored", kpis["ignored"]),
-        ("cancelled (stopped)", kpis["cancelled"]),
-        ("delivered rate", pct(kpis["delivered_rate"])),
-        ("bounce + error rate", pct(kpis["bounce_error_rate"])),
-        ("open rate", pct(kpis["open_rate"])),
-        ("  without machines", pct(kpis.get("human_open_rate"))),
-        ("click-through rate", pct(kpis["click_through_rate"])),
-        ("  without machines", pct(kpis.get("human_click_through_rate"))),
-        ("complaint rate", pct(kpis.get("complaint_rate"))),
+        ("to deliver", count(kpis["to_deliver"]), ""),
+        ("processed", count(kpis["processed"]), ""),
+        ("delivered", count(kpis["delivered"]), pct(kpis["delivered_rate"])),
+        ("bounces + errors", count(kpis["bounces_errors"]), pct(kpis["bounce_error_rate"])),
+        ("  hard bounces", count(kpis["hard_bounces"]), ""),
+        ("  soft bounces", count(kpis["soft_bounces"]), ""),
+        ("  errors", count(kpis["errors"]), ""),
+        ("ignored", count(kpis["ignored"]), ""),
+        ("cancelled (stopped)", count(kpis["cancelled"]), ""),
+        ("unique opens", count(kpis.get("unique_opens")), pct(kpis["open_rate"])),
+        ("  without machines", count(kpis.get("human_unique_opens")), pct(kpis.get("human_open_rate"))),
+        ("unique clicks", count(kpis.get("unique_clicks")), pct(kpis["click_through_rate"])),
+        ("  without machines", count(kpis.get("human_unique_clicks")), pct(kpis.get("human_click_through_rate"))),
+        ("clicks", count(kpis.get("clicks")), ""),
+        ("  without machines", count(kpis.get("human_clicks")), ""),
+        ("complaints", count(kpis.get("complaints")), pct(kpis.get("complaint_rate"))),
     ]
-    width = max(len(name) for name, _ in rows)
-    lines = [f"{'KPI'.ljust(width)} | value", f"{'-' * width}-+-{'-' * 10}"]
-    lines += [f"{name.ljust(width)} | {value}" for name, value in rows]
+    name_width = max(len(name) for name, _, _ in rows)
+    count_width = max(len("count"), *(len(value) for _, value, _ in rows))
+    lines = [
+        f"{'KPI'.ljust(name_width)} | {'count'.rjust(count_width)} | {'rate'.rjust(7)}",
+        f"{'-' * name_width}-+-{'-' * count_width}-+-{'-' * 7}",
+    ]
+    lines += [
+        f"{name.ljust(name_width)} | {value.rjust(count_width)} | {rate.rjust(7)}".rstrip()
+        for name, value, rate in rows
+    ]
+    lines.append("(delivered and bounces + errors: rates of processed; the others: rates of delivered)")
     return "\n".join(lines)

@@ -422,7 +422,7 @@ class _ChunkSender:
             recipient,
             "bounced",
             failure_type=qualification.failure_type(status, full_reply) if status and status[0] == "5" else "hard",
-            reason=what,
+            reason=_with_status(what, status),
             code=code,
             reply=reply,
             message_id=message.message_id,
@@ -435,12 +435,20 @@ class _ChunkSender:
             pending.recipient,
             "bounced",
             failure_type="soft",
-            reason="temporary failure, retries exhausted",
+            reason=_with_status(
+                "temporary failure, retries exhausted", qualification.reply_status(f"{pending.code} {pending.reply}")
+            ),
             code=pending.code,
             reply=pending.reply,
             message_id=pending.message.message_id,
             attempts=pending.attempts,
         )
+
+
+def _with_status(reason: str, status: str | None) -> str:
+    """The row's reason with the reply's enhanced status code when it has one ("recipient refused
+    5.7.1"): the Deployment view's bounces table then says why a refusal was soft or hard."""
+    return f"{reason} {status}" if status else reason
 
 
 def _target_pages(

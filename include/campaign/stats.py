@@ -1,5 +1,6 @@
 """KPIs from the logs: aggregation at the end of a send, the hourly fold of tracking events into
-per-recipient engagement, and Compute stats.
+per-recipient engagement, and Compute stats. Aggregation and Compute stats fold the pending
+events first, in their own transaction, so their figures are as fresh as the lag allows.
 
 Invariant: a delivery's ``unique_opens``, ``unique_clicks`` and ``clicks`` in ``delivery_kpis``,
 and the same without machines (``human_unique_opens``, ``human_unique_clicks``, ``human_clicks``),
@@ -67,6 +68,27 @@ def compute_kpis(engine: Engine, delivery_id: int) -> dict[str, Any]:
         kpis = _delivery_kpis(conn, delivery_id)
         _write_kpis(conn, delivery_id, kpis)
         return kpis
+
+
+def aggregate_kpis(engine: Engine, delivery_id: int, lag_seconds: float = DEFAULT_LAG_SECONDS) -> Aggregated:
+    """The KPIs at the end of a send: the tracking events not folded yet (of every delivery, as
+    the hourly run would) are folded first, then the delivery's KPIs are recomputed and stored,
+    in one transaction under the engagement lock. So the opens and clicks recorded while it
+    sent are counted up to ``lag_seconds`` ago; younger events are left to the next fold, which
+    adds them once (the watermark moved in this transaction)."""
+    started = time.monotonic()
+    with engine.begin() as conn:
+        lock_engagement(conn)
+        folded = _fold_new_events(conn, lag_seconds, started)
+        kpis = _delivery_kpis(conn, delivery_id)
+        _write_kpis(conn, delivery_id, kpis)
+    return Aggregated(kpis, folded)
+
+
+@dataclass
+class Aggregated:
+    kpis: dict[str, Any]
+    folded: FoldResult
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from e2e_support import (
     SPEC,
@@ -17,7 +19,9 @@ from e2e_support import (
 )
 from sqlalchemy import text
 
-from campaign import approval
+from campaign import approval, stats
+from campaign.clock import utcnow
+from campaign.db import sql
 from campaign.rendering import message_id
 from campaign.sending import DEFAULT_SOFT_RETRY_DELAYS
 from campaign.tokens import tracking_secret
@@ -68,6 +72,9 @@ def test_sends_every_target_once_and_kpis_match_the_server(campaign_db, smtp_sin
     assert {(logs[a]["status"], logs[a]["failure_type"], logs[a]["smtp_code"]) for a in audience.soft} == {
         ("bounced", "soft", 451)
     }
+    # The reason names the enhanced status that qualified the refusal (the Deployment view shows it).
+    assert {logs[a]["reason"] for a in audience.hard} == {"recipient refused 5.1.1"}
+    assert {logs[a]["reason"] for a in audience.soft} == {"temporary failure, retries exhausted 4.3.0"}
     assert {(logs[a]["status"], logs[a]["reason"]) for a in audience.malformed} == {("failed", "malformed address")}
     assert {logs[a]["status"] for a in audience.ignored} == {"ignored"}
     assert quarantined(engine, audience.hard + audience.soft) == set(audience.hard)
@@ -90,6 +97,46 @@ def test_sends_every_target_once_and_kpis_match_the_server(campaign_db, smtp_sin
     assert delivery["status"] == "sent"
     assert delivery["confirmed_by"] == "dag_test"
     assert delivery["run_id"] == run.run_id
+
+
+def test_opens_recorded_during_the_send_are_in_its_final_kpis(
+    campaign_db, smtp_sink, confirm_send_dag, caplog, monkeypatch
+):
+    """A user's find: the KPI table and the Deployment view read a 0.00 % open rate right after a
+    send with thousands of opens recorded. aggregate_kpis folds the pending events first, up to
+    CAMPAIGN_TRACKING_LAG_SECONDS; the younger ones are the hourly run's, counted once there."""
+    monkeypatch.setenv("CAMPAIGN_TRACKING_LAG_SECONDS", "600")
+    engine = campaign_db.engine
+    audience = seed_delivery(engine, good=5, hard=1)
+    with engine.begin() as conn:
+        ids = dict(conn.execute(text("SELECT email, id FROM profiles")).all())
+    now = utcnow()
+    events = [(a, "open", now - timedelta(hours=1)) for a in audience.good[:3] + audience.hard]
+    events += [(audience.good[0], "click", now - timedelta(hours=1)), (audience.good[3], "open", now)]
+    with engine.begin() as conn:
+        for address, event_type, at in events:
+            conn.execute(
+                sql("insert_tracking_event"),
+                {
+                    "delivery_id": audience.delivery_id, "profile_id": ids[address], "event_type": event_type,
+                    "link_id": None, "user_agent": "Mozilla/5.0", "event_at": at,
+                },
+            )  # fmt: skip
+
+    run = run_with_answer(confirm_send_dag, {"delivery_id": audience.delivery_id})[0]
+
+    assert run.state == "success"
+    kpis = kpi_row(engine, audience.delivery_id)
+    # The hard bounce's open is not counted (delivered recipients only); the newest waits.
+    assert (kpis["delivered"], kpis["unique_opens"], kpis["unique_clicks"], kpis["clicks"]) == (5, 3, 1, 1)
+    assert kpis["open_rate"] == pytest.approx(3 / 5)
+    assert "5 pending tracking events folded first" in caplog.text
+    assert "unique opens        |     3 |  60.00%" in caplog.text
+
+    assert stats.fold_new_events(engine, lag_seconds=0).events == 1  # the hourly run, later
+    after = kpi_row(engine, audience.delivery_id)
+    assert (after["unique_opens"], after["unique_clicks"], after["clicks"]) == (4, 1, 1)
+    assert stats.recompute_delivery(engine, audience.delivery_id).engagement_mismatch is None
 
 
 def test_cancel_sends_nothing_and_the_delivery_can_be_confirmed_again(campaign_db, smtp_sink, confirm_send_dag, caplog):

@@ -70,7 +70,7 @@ def test_json_api_gives_the_figures_of_the_database(live_airflow, sent_delivery)
     assert detail["failure_reasons"] == [
         {
             "status": "bounced", "failure_type": "hard", "smtp_code": 550, "dsn_status": None,
-            "reason": "recipient refused", "recipients": 2,
+            "reason": "recipient refused 5.1.1", "recipients": 2,
         }
     ]  # fmt: skip
     assert [(link["url"], link["clicks"]) for link in detail["links"]] == [("https://shop.test/deals", 0)]

@@ -466,7 +466,7 @@ def test_compute_kpis_rates_are_null_when_nothing_was_processed(campaign_db, rea
     [stored] = _stored_kpis(engine, delivery_id)
     assert stored["delivered_rate"] is None
     assert stored["open_rate"] is None
-    assert "delivered rate      | n/a" in format_kpi_table(kpis)
+    assert "delivered           |     0 |     n/a" in format_kpi_table(kpis).splitlines()
 
 
 def _kpis(**rates) -> dict:
@@ -482,34 +482,58 @@ def _kpis(**rates) -> dict:
         "cancelled": 1,
         "delivered_rate": 0.75,
         "bounce_error_rate": 0.25,
+        "unique_opens": 3,
         "open_rate": 0.5,
+        "human_unique_opens": 2,
+        "human_open_rate": 1 / 3,
+        "unique_clicks": 1,
+        "clicks": 4,
         "click_through_rate": 1 / 6,
+        "human_unique_clicks": 1,
+        "human_clicks": 3,
+        "human_click_through_rate": 1 / 6,
+        "complaints": 1,
+        "complaint_rate": 1 / 6,
     }
     values.update(rates)
     return values
 
 
 def test_format_kpi_table_shows_counts_and_percentages() -> None:
-    table = format_kpi_table(_kpis())
+    table = format_kpi_table(_kpis(to_deliver=12_345))
 
     lines = table.splitlines()
-    assert lines[0] == "KPI                 | value"
-    assert lines[1] == "--------------------+-----------"
-    assert "to deliver          | 10" in lines
-    assert "  hard bounces      | 1" in lines
-    assert "cancelled (stopped) | 1" in lines
-    assert "delivered rate      | 75.00%" in lines
-    assert "click-through rate  | 16.67%" in lines
+    assert lines[0] == "KPI                 |  count |    rate"
+    assert lines[1] == "--------------------+--------+--------"
+    assert "to deliver          | 12,345 |" in lines
+    assert "  hard bounces      |      1 |" in lines
+    assert "cancelled (stopped) |      1 |" in lines
+    assert "delivered           |      6 |  75.00%" in lines
+    assert "bounces + errors    |      2 |  25.00%" in lines
+
+
+def test_format_kpi_table_shows_the_engagement_counts_beside_their_rates() -> None:
+    """The data team reads the counts next to the rates: 0 opens and a 0.00 % rate say the
+    same; 3 opens of 6 delivered say why 50 %."""
+    lines = format_kpi_table(_kpis(to_deliver=12_345)).splitlines()
+
+    assert lines[lines.index("unique opens        |      3 |  50.00%") + 1] == "  without machines  |      2 |  33.33%"
+    assert lines[lines.index("unique clicks       |      1 |  16.67%") + 1] == "  without machines  |      1 |  16.67%"
+    assert lines[lines.index("clicks              |      4 |") + 1] == "  without machines  |      3 |"
+    assert "complaints          |      1 |  16.67%" in lines
+    assert lines[-1] == "(delivered and bounces + errors: rates of processed; the others: rates of delivered)"
 
 
 def test_format_kpi_table_shows_na_for_missing_rates() -> None:
-    table = format_kpi_table(_kpis(delivered_rate=None, bounce_error_rate=None, open_rate=None, click_through_rate=0.0))
+    table = format_kpi_table(
+        _kpis(to_deliver=12_345, delivered_rate=None, bounce_error_rate=None, open_rate=None, click_through_rate=0.0)
+    )
 
     lines = table.splitlines()
-    assert "delivered rate      | n/a" in lines
-    assert "bounce + error rate | n/a" in lines
-    assert "open rate           | n/a" in lines
-    assert "click-through rate  | 0.00%" in lines
+    assert "delivered           |      6 |     n/a" in lines
+    assert "bounces + errors    |      2 |     n/a" in lines
+    assert "unique opens        |      3 |     n/a" in lines
+    assert "unique clicks       |      1 |   0.00%" in lines
 
 
 # ---------------------------------------------------------------- the pool's slots, from the deployment

@@ -6,11 +6,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
-from campaign import deployment
+from campaign import deployment, stats
 from campaign.db import sql
-from campaign.schema import delivery_links, delivery_targets
+from campaign.schema import broad_logs, delivery_links, delivery_targets
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 ZERO = {"sent": 0, "bounced": 0, "failed": 0, "ignored": 0, "cancelled": 0}
@@ -166,9 +166,12 @@ def test_series_are_kept_a_few_seconds_per_delivery(campaign_db, ready_delivery:
 
 
 def test_each_link_shows_its_clicks_all_and_without_machines(campaign_db, ready_delivery: Callable) -> None:
+    """Delivered recipients only, as in the KPI block of the same page: a user's find was a
+    links table counting the clicks of a message a DSN bounced later. A recipient whose
+    sending-log row is not written yet counts, as in the KPIs."""
     engine = campaign_db.engine
-    delivery_id = ready_delivery(engine, recipients=3)
-    ann, ben, cat = _logs(engine, delivery_id, [("sent", _at(0))] * 3)
+    delivery_id = ready_delivery(engine, recipients=6)
+    ann, ben, cat, dan, eve, fay = _logs(engine, delivery_id, [("sent", _at(0))] * 4 + [("failed", _at(0))])
     with engine.begin() as conn:
         for url in ("https://shop.test/offer", "https://shop.test/terms"):
             conn.execute(sql("insert_delivery_link"), {"delivery_id": delivery_id, "url": url, "label": None})
@@ -181,6 +184,10 @@ def test_each_link_shows_its_clicks_all_and_without_machines(campaign_db, ready_
             (ben, offer, True),  # a scanner only
             (cat, offer, None),  # recorded before the machine rules: a person's
             (cat, offer, False),
+            (dan, offer, True),  # a scanner of a message a DSN bounces below: not delivered
+            (dan, offer, False),
+            (eve, offer, False),  # a message that failed at the send: not delivered
+            (fay, offer, False),  # no sending-log row yet: counts, as in the KPIs
         ]
         for profile_id, link_id, machine_made in clicks:
             conn.execute(
@@ -191,11 +198,19 @@ def test_each_link_shows_its_clicks_all_and_without_machines(campaign_db, ready_
                     "machine_rule": "scanner_user_agent" if machine_made else None,
                 },
             )  # fmt: skip
+        conn.execute(
+            update(broad_logs)
+            .where(broad_logs.c.delivery_id == delivery_id, broad_logs.c.profile_id == dan)
+            .values(status="bounced", failure_type="hard")
+        )
 
     links = deployment.delivery_detail(engine, delivery_id)["links"]
 
     assert [(link["url"], link["clicks"], link["clickers"], link["human_clicks"], link["human_clickers"])
             for link in links] == [
-        ("https://shop.test/offer", 5, 3, 3, 2),
+        ("https://shop.test/offer", 6, 4, 4, 3),
         ("https://shop.test/terms", 0, 0, 0, 0),
     ]  # fmt: skip
+    # The KPI block of the same page agrees: the same recipients, the same clicks.
+    kpis = stats.aggregate_kpis(engine, delivery_id, lag_seconds=0).kpis
+    assert (kpis["clicks"], kpis["unique_clicks"], kpis["human_clicks"], kpis["human_unique_clicks"]) == (6, 4, 4, 3)

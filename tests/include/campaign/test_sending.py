@@ -189,23 +189,39 @@ def test_a_permanent_refusal_quarantines_only_when_it_is_about_the_address(
     refusal (550 5.7.1) or a full mailbox (552 5.2.2) is soft and quarantines nobody; an
     unknown user (550 5.1.1) and a bare 550 without enhanced code are hard."""
     engine = campaign_db.engine
-    addresses = ["spam@x.test", "full@x.test", "unknown@x.test", "bare@x.test"]
+    addresses = ["spam@x.test", "full@x.test", "unknown@x.test", "bare@x.test", "busy@x.test", "slow@x.test"]
     delivery_id = _sending_delivery(engine, add_profiles, new_delivery, addresses)
     rules = [
         Rule(Stage.RCPT, 550, "spam@x.test", text="5.7.1 Message rejected as spam"),
         Rule(Stage.RCPT, 552, "full@x.test", text="5.2.2 Mailbox full"),
         Rule(Stage.RCPT, 550, "unknown@x.test", text="5.1.1 No such user"),
         Rule(Stage.RCPT, 550, "bare@x.test", text="No such user here"),
+        Rule(Stage.RCPT, 452, "busy@x.test", text="4.2.2 Mailbox full, try later"),
+        Rule(Stage.RCPT, 451, "slow@x.test", text="Try again later"),
     ]
     with running_server(tmp_path / "maildir", rules=rules) as (port, _server):
-        send_chunk(engine, delivery_id, "run-1", 1, 4, connection_factory(port))
+        send_chunk(engine, delivery_id, "run-1", 1, 6, connection_factory(port), soft_retry_delays=(0,))
 
     with engine.begin() as conn:
-        outcome = dict(conn.execute(text("SELECT email, failure_type FROM broad_logs WHERE status = 'bounced'")).all())
+        outcome = {
+            email: (failure_type, reason)
+            for email, failure_type, reason in conn.execute(
+                text("SELECT email, failure_type, reason FROM broad_logs WHERE status = 'bounced'")
+            )
+        }
         quarantined = set(
             conn.execute(text("SELECT email FROM profiles WHERE quarantine_reason IS NOT NULL")).scalars()
         )
-    assert outcome == {"spam@x.test": "soft", "full@x.test": "soft", "unknown@x.test": "hard", "bare@x.test": "hard"}
+    # The reason carries the enhanced status that qualified the refusal (the Deployment view's
+    # bounces table shows why a 550 was soft or hard); a reply without one keeps the bare reason.
+    assert outcome == {
+        "spam@x.test": ("soft", "recipient refused 5.7.1"),
+        "full@x.test": ("soft", "recipient refused 5.2.2"),
+        "unknown@x.test": ("hard", "recipient refused 5.1.1"),
+        "bare@x.test": ("hard", "recipient refused"),
+        "busy@x.test": ("soft", "temporary failure, retries exhausted 4.2.2"),
+        "slow@x.test": ("soft", "temporary failure, retries exhausted"),
+    }
     assert quarantined == {"unknown@x.test", "bare@x.test"}
 
 

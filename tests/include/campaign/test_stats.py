@@ -370,6 +370,44 @@ def test_events_folded_before_aggregation_are_counted_by_compute_kpis(campaign_d
     assert _counts(_kpi_row(engine, delivery_id)) == (2, 1, 1)
 
 
+def test_aggregation_counts_the_opens_recorded_during_the_send_up_to_the_lag(campaign_db) -> None:
+    """A user's find: aggregate_kpis showed a 0.00 % open rate with thousands of opens recorded,
+    because only the hourly run folded them. Aggregation folds them first; events younger than
+    the lag are left to the hourly run, which then adds them once and the others not again."""
+    engine = campaign_db.engine
+    _add_profiles(engine, 4)
+    delivery_id, p = _sent_delivery(engine, ["sent", "sent", "sent", "hard"], aggregate=False)
+    _events(engine, delivery_id, [(p[0], "open"), (p[1], "open"), (p[1], "click"), (p[3], "open")])
+    _events(engine, delivery_id, [(p[2], "open"), (p[0], "click")], at=utcnow())  # younger than the lag
+
+    aggregated = stats.aggregate_kpis(engine, delivery_id, lag_seconds=600)
+
+    assert aggregated.folded.events == 4
+    kpis = aggregated.kpis
+    assert (kpis["unique_opens"], kpis["unique_clicks"], kpis["clicks"]) == (2, 1, 1)  # p[3] bounced
+    assert kpis["open_rate"] == pytest.approx(2 / 3)
+    assert _kpis_only(_kpi_row(engine, delivery_id)) == _kpis_only(kpis)
+
+    hourly = fold_new_events(engine, lag_seconds=0)
+    assert hourly.events == 2
+    assert _counts(_kpi_row(engine, delivery_id)) == (3, 2, 2)
+    assert fold_new_events(engine, lag_seconds=0).events == 0
+    assert _kpis_only(_kpi_row(engine, delivery_id)) == _kpis_only(recompute_delivery(engine, delivery_id).after)
+    assert recompute_delivery(engine, delivery_id).engagement_mismatch is None
+
+
+def test_aggregation_again_folds_nothing_twice(sent: Sent) -> None:
+    engine, delivery_id, p = sent.engine, sent.delivery_id, sent.ids
+    _events(engine, delivery_id, [(p[0], "open"), (p[0], "click"), (p[1], "open")])
+
+    first = stats.aggregate_kpis(engine, delivery_id, lag_seconds=0)
+    again = stats.aggregate_kpis(engine, delivery_id, lag_seconds=0)
+
+    assert (first.folded.events, again.folded.events) == (3, 0)
+    assert _counts(_kpi_row(engine, delivery_id)) == (2, 1, 1)
+    assert _engagement_counts(engine, delivery_id) == (2, 1, 1)
+
+
 def test_fold_keeps_the_earliest_open_and_click_across_runs(sent: Sent) -> None:
     engine, delivery_id, p = sent.engine, sent.delivery_id, sent.ids
     hour_ago = utcnow() - timedelta(hours=1)
