@@ -3,18 +3,21 @@
 -- the KPIs show them side by side. Like the KPIs, only delivered recipients count: a click of a
 -- recipient whose sending-log row is not 'sent' (bounced later by a DSN, failed, ignored,
 -- cancelled) is left out, and one whose row is not written yet counts (compute_delivery_kpis.sql).
--- The LEFT JOIN reads one row of the unique key broad_logs_one_per_recipient per click.
+-- Only this delivery's clicks are read (tracking_logs_delivery_type), each with one lookup of the
+-- unique key broad_logs_one_per_recipient: the cost follows the delivery's clicks, not the table.
 SELECT l.id,
        l.url,
-       COUNT(t.id) AS clicks,
-       COUNT(DISTINCT t.profile_id) AS clickers,
-       COUNT(CASE WHEN t.machine = FALSE OR t.machine IS NULL THEN t.id END) AS human_clicks,
-       COUNT(DISTINCT CASE WHEN t.machine = FALSE OR t.machine IS NULL THEN t.profile_id END) AS human_clickers
+       COUNT(c.id) AS clicks,
+       COUNT(DISTINCT c.profile_id) AS clickers,
+       COUNT(CASE WHEN c.machine = FALSE OR c.machine IS NULL THEN c.id END) AS human_clicks,
+       COUNT(DISTINCT CASE WHEN c.machine = FALSE OR c.machine IS NULL THEN c.profile_id END) AS human_clickers
 FROM delivery_links l
 LEFT JOIN (
-    tracking_logs t
+    SELECT t.id, t.link_id, t.profile_id, t.machine
+    FROM tracking_logs t
     LEFT JOIN broad_logs b ON b.delivery_id = t.delivery_id AND b.profile_id = t.profile_id
-) ON t.link_id = l.id AND t.event_type = 'click' AND (b.status IS NULL OR b.status = 'sent')
+    WHERE t.delivery_id = :delivery_id AND t.event_type = 'click' AND (b.status IS NULL OR b.status = 'sent')
+) AS c ON c.link_id = l.id
 WHERE l.delivery_id = :delivery_id
 GROUP BY l.id, l.url
 ORDER BY l.id
