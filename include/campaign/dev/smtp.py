@@ -403,14 +403,20 @@ def _parse_rule(text: str) -> tuple[str, int]:
 
 
 def _parse_stage_rule(text: str) -> Rule:
+    """``STAGE:PATTERN=CODE`` or ``STAGE:PATTERN=CODE TEXT``: TEXT replaces the reply after the
+    code (``rcpt:*@spam.test=550 5.7.1 Message rejected as spam``), so a refusal by any enhanced
+    status code can be tried by hand (campaign.qualification tells hard from soft by it)."""
     stage, _, rest = text.partition(":")
+    pattern, _, answer = rest.partition("=")
+    code, _, reply = answer.partition(" ")
     try:
-        pattern, code = _parse_rule(rest)
-        return Rule(Stage(stage), code, pattern)
-    except (argparse.ArgumentTypeError, ValueError) as exc:
+        if not pattern or not code.isdigit():
+            raise ValueError("no PATTERN=CODE")
+        return Rule(Stage(stage), int(code), pattern, text=reply.strip() or None)
+    except ValueError as exc:
         stages = ", ".join(s.value for s in Stage)
         raise argparse.ArgumentTypeError(
-            f"rule must look like STAGE:PATTERN=CODE with STAGE one of {stages} and a 4xx/5xx CODE, "
+            f"rule must look like STAGE:PATTERN=CODE[ TEXT] with STAGE one of {stages} and a 4xx/5xx CODE, "
             f"got {text!r} ({exc})"
         ) from None
 
@@ -428,8 +434,9 @@ def main(argv: list[str] | None = None) -> None:
         type=_parse_stage_rule,
         action="append",
         default=[],
-        help="STAGE:PATTERN=CODE, repeatable; STAGE is one of ehlo, mail, rcpt, data, end_of_data "
-        "(e.g. rcpt:*@x.test=421)",
+        help="STAGE:PATTERN=CODE[ TEXT], repeatable; STAGE is one of ehlo, mail, rcpt, data, end_of_data; "
+        "TEXT replaces the reply after the code "
+        "(e.g. rcpt:*@x.test=421, 'rcpt:*@spam.test=550 5.7.1 Rejected as spam')",
     )
     parser.add_argument("--max-messages-per-session", type=int, help="421 and close after N messages")
     parser.add_argument("--idle-timeout", type=float, help="seconds before an idle session gets 421 and is closed")

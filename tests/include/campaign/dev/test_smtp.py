@@ -347,6 +347,7 @@ def test_the_command_line_server(tmp_path: Path) -> None:
     maildir = tmp_path / "maildir"
     command = [sys.executable, "-m", "campaign.dev.smtp", "--port", str(port), "--maildir", str(maildir)]
     command += ["--reject", "*@gone.test=550", "--rule", "mail:*@blocked.test=554", "--no-smtputf8"]
+    command += ["--rule", "rcpt:*@spam.test=550 5.7.1 Message rejected as spam"]
     server = subprocess.Popen(command, env={"PYTHONPATH": str(ROOT / "include")}, stderr=subprocess.PIPE)
     try:
 
@@ -362,8 +363,9 @@ def test_the_command_line_server(tmp_path: Path) -> None:
             client.ehlo("client.test")
             assert not client.has_extn("smtputf8")
             assert client.mail("x@blocked.test")[0] == 554
-            assert client.sendmail("ann@client.test", ["a@gone.test", "b@client.test"], MESSAGE) == {
-                "a@gone.test": (550, b"5.1.1 Mailbox does not exist")
+            assert client.sendmail("ann@client.test", ["a@gone.test", "c@spam.test", "b@client.test"], MESSAGE) == {
+                "a@gone.test": (550, b"5.1.1 Mailbox does not exist"),
+                "c@spam.test": (550, b"5.7.1 Message rejected as spam"),
             }
     finally:
         server.terminate()
@@ -380,6 +382,6 @@ def test_the_command_line_refuses_a_malformed_rule() -> None:
     )
 
     assert result.returncode == 2
-    assert "rule must look like STAGE:PATTERN=CODE with STAGE one of ehlo, mail, rcpt, data, end_of_data" in (
+    assert "rule must look like STAGE:PATTERN=CODE[ TEXT] with STAGE one of ehlo, mail, rcpt, data, end_of_data" in (
         result.stderr
     )
