@@ -18,7 +18,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.bases.skipmixin import SkipMixin
 from sqlalchemy import Engine
 
-from campaign import approval, confirm, controls
+from campaign import approval, bounces, confirm, controls
 from campaign.clock import utcnow
 from campaign.db import make_engine, url_from_connection_fields
 from campaign.errors import CampaignError, ConfigurationError, MailboxUnavailable, SmtpUnavailable
@@ -129,14 +129,8 @@ def campaign_bounce_mailbox() -> Iterator[imaplib.IMAP4]:
         raise MailboxUnavailable(f"Cannot connect to {what}: {exc}") from exc
     except imaplib.IMAP4.error as exc:  # NO to LOGIN: a wrong password does not heal by retrying
         raise ConfigurationError(f"{what} refused the login of the Connection: {exc}") from None
-    client = hook.mail_client
-    try:
+    with bounces.logged_in(hook.mail_client) as client:
         yield client
-    finally:
-        try:
-            client.logout()
-        except (imaplib.IMAP4.error, OSError):
-            pass
 
 
 def _skip_without_mailbox(why: str) -> NoReturn:

@@ -669,6 +669,19 @@ def _imap_errors(what: str) -> Iterator[None]:
         raise MailboxUnavailable(f"IMAP {what} failed: {type(exc).__name__}: {exc}") from exc
 
 
+@contextmanager
+def logged_in(client: imaplib.IMAP4) -> Iterator[imaplib.IMAP4]:
+    """``client`` (logged in) for the ``with`` block, then logged out; a server already gone at
+    the end changes nothing (the work is done, or its own error is on its way)."""
+    try:
+        yield client
+    finally:
+        try:
+            client.logout()
+        except (imaplib.IMAP4.error, OSError):
+            pass
+
+
 def ensure_folders(client: imaplib.IMAP4, folders: tuple[str, ...] = (PROCESSED_FOLDER, UNUSABLE_FOLDER)) -> None:
     """Create and subscribe the folders handled mail goes to (RFC 3501 6.3.3); ones that exist stay."""
     with _imap_errors("LIST"):

@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from campaign.bounces import logged_in
 from campaign.dev.net import free_port, wait_until
 
 DOVECOT = "/usr/sbin/dovecot"
@@ -80,13 +81,8 @@ class ImapServer:
         """A logged-in imaplib client, logged out at the end."""
         client = imaplib.IMAP4(self.host, self.port)
         client.login(self.user, self.password)
-        try:
+        with logged_in(client):
             yield client
-        finally:
-            try:
-                client.logout()
-            except (imaplib.IMAP4.error, OSError):
-                pass
 
     def append(self, data: bytes, folder: str = "INBOX") -> None:
         """Put one message into ``folder`` (IMAP APPEND, RFC 3501 6.3.11)."""
